@@ -1,0 +1,1 @@
+"""Provider wire protocols ⇄ ledger commands: one module per protocol family."""
