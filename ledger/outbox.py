@@ -1,0 +1,81 @@
+"""Transactional outbox relay: events leave the ledger only from committed outbox rows.
+
+Rows are published in ``seq`` order with the event id as ``Nats-Msg-Id``, then the cursor advances in
+the database. A relay that dies after publishing and before moving the cursor publishes the same
+events again, and the EVENTS stream's duplicate window drops them: at-least-once from the table,
+exactly-once into the stream within the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+from nats.js import JetStreamContext
+
+from gateway.settings import Settings
+from ledger import transport
+from ledger.sharding import connect
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRelay:
+    def __init__(self, settings: Settings, shard: int, dsn: str, js: JetStreamContext, batch: int = 500) -> None:
+        self.settings = settings
+        self.shard = shard
+        self.dsn = dsn
+        self.js = js
+        self.batch = batch
+        self.published = 0
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        poll = self.settings.outbox_poll_ms / 1000
+        while not self._stop.is_set():
+            try:
+                conn = await connect(self.dsn, self.shard)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("outbox %d: cannot connect (%s)", self.shard, exc)
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                while not self._stop.is_set():
+                    moved = await self.relay_once(conn)
+                    if moved < self.batch:
+                        self._wake.clear()
+                        try:
+                            await asyncio.wait_for(self._wake.wait(), poll)
+                        except TimeoutError:
+                            pass
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("outbox %d: %s; retrying", self.shard, exc)
+                await asyncio.sleep(0.5)
+            finally:
+                await conn.close()
+
+    async def relay_once(self, conn: asyncpg.Connection) -> int:
+        cursor = await conn.fetchval("SELECT last_seq FROM outbox_cursor WHERE id = 1")
+        rows = await conn.fetch(
+            "SELECT seq, event_id, subject, payload FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
+            cursor, self.batch)
+        if not rows:
+            return 0
+        stream = transport.stream_name(self.settings, self.settings.events_stream_name)
+        await asyncio.gather(*(
+            self.js.publish(r["subject"], bytes(r["payload"]), stream=stream,
+                            headers={transport.MSG_ID_HEADER: r["event_id"]})
+            for r in rows
+        ))
+        await conn.execute("UPDATE outbox_cursor SET last_seq = $1 WHERE id = 1", rows[-1]["seq"])
+        self.published += len(rows)
+        return len(rows)

@@ -1,0 +1,81 @@
+"""JetStream layout shared by the gateway (publisher) and the ledger writers (consumers).
+
+``LEDGER``: subjects ``ledger.cmd.<shard>``, file storage, work-queue retention (a batch is gone once
+its writer acks it), ``discard: new`` (a full stream refuses new batches rather than dropping queued
+settlements) and a duplicate window so a publish retried with the same ``Nats-Msg-Id`` is stored once.
+``EVENTS``: ``events.<tenant>.<brand>.<type>``, limits retention, the outbox relay's destination.
+A namespace prefix lets several deployments or test runs share one NATS server.
+"""
+
+from __future__ import annotations
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from gateway.settings import Settings
+
+REPLY_HEADER = "Gw-Reply"
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+def subject_prefix(settings: Settings) -> str:
+    return f"{settings.namespace}." if settings.namespace else ""
+
+
+def stream_name(settings: Settings, base: str) -> str:
+    return f"{settings.namespace}_{base}" if settings.namespace else base
+
+
+def cmd_subject(settings: Settings, shard: int) -> str:
+    return f"{subject_prefix(settings)}ledger.cmd.{shard}"
+
+
+def durable_name(settings: Settings, shard: int) -> str:
+    return f"writer-{shard}"
+
+
+async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
+    """Create or update both streams (idempotent; safe from every process at start-up)."""
+    prefix = subject_prefix(settings)
+    ledger = StreamConfig(
+        name=stream_name(settings, settings.stream_name),
+        subjects=[f"{prefix}ledger.cmd.*"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=float(settings.stream_duplicate_window_s),
+        max_msgs=settings.stream_max_msgs,
+        max_msg_size=settings.batch_max_bytes + 64 * 1024,
+    )
+    events = StreamConfig(
+        name=stream_name(settings, settings.events_stream_name),
+        subjects=[f"{prefix}events.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=float(settings.stream_duplicate_window_s),
+        max_age=7 * 24 * 3600.0,
+    )
+    for cfg in (ledger, events):
+        try:
+            await js.add_stream(cfg)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(cfg)
+
+
+def consumer_config(settings: Settings, shard: int) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=durable_name(settings, shard),
+        filter_subject=cmd_subject(settings, shard),
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=10.0,
+        max_ack_pending=10_000,
+        max_waiting=16,
+    )
