@@ -1,0 +1,227 @@
+"""The gateway's own provider protocol (``native``), described by ``/openapi.json``.
+
+JSON over HTTPS, each request signed: ``X-Signature: hex(HMAC-SHA256(secret, raw body))``, checked
+in constant time on the raw bytes before anything is parsed. Amounts are decimal strings converted
+exactly to minor units of the session's currency. Success is HTTP 200 ``{"status": "OK", ...}``; an
+error carries the class's HTTP status and ``{"status": "ERROR", "code", "message", "retryable"}``
+(plus ``Retry-After`` when retryable). A retried call answers 200 with ``"duplicate": true``, the
+original transaction id and the current balance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+import orjson
+from aiohttp import web
+
+from adapters import flow
+from adapters.base import Adapter, PlayerSession
+from adapters.flow import Call
+from gateway import errors as E
+from gateway.money import format_minor, to_minor
+from ledger.commands import Kind, Result
+
+SIGNATURE_HEADER = "X-Signature"
+OK = "OK"
+
+
+def sign(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _str(body: dict[str, Any], name: str, *, required: bool = True, max_len: int = 128) -> str:
+    value = body.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise E.MalformedBody(f"field {name!r} must be a non-empty string of at most {max_len} characters")
+    return value
+
+
+def _bool(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise E.MalformedBody(f"field {name!r} must be a boolean")
+    return value
+
+
+class NativeAdapter(Adapter):
+    protocol = "native"
+    #: every error class → its own code (the class carries the HTTP status); success-like outcomes → OK
+    ERRORS: ClassVar[dict[type[E.GatewayError], str]] = {
+        cls: cls.code for cls in E.concrete_errors()
+    } | {E.RollbackOfUnknown: OK, E.AlreadyRolledBack: OK, E.Duplicate: OK}
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [
+            web.post("/authenticate", self._wrap(self.authenticate)),
+            web.post("/balance", self._wrap(self.balance)),
+            web.post("/bet", self._wrap(self.bet)),
+            web.post("/win", self._wrap(self.win)),
+            web.post("/rollback", self._wrap(self.rollback)),
+            web.post("/end-round", self._wrap(self.end_round)),
+        ]
+
+    # ------------------------------------------------------------------ plumbing
+    def _wrap(self, handler: Callable[[dict[str, Any], web.Request], Awaitable[dict[str, Any]]]) -> Any:
+        async def endpoint(request: web.Request) -> web.Response:
+            try:
+                if not self.source_allowed(request):
+                    raise E.Forbidden("source address not allowed for this provider")
+                try:
+                    raw = await request.read()
+                except web.HTTPRequestEntityTooLarge:
+                    raise E.PayloadTooLarge() from None
+                given = request.headers.get(SIGNATURE_HEADER, "")
+                if not hmac.compare_digest(given.encode(), sign(self.config.secret, raw).encode()):
+                    raise E.InvalidSignature()
+                try:
+                    body = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    raise E.MalformedBody("body is not JSON") from None
+                if not isinstance(body, dict):
+                    raise E.MalformedBody("body must be a JSON object")
+                return _json(200, {"status": OK, **await handler(body, request)})
+            except E.GatewayError as exc:
+                return self.render_error(exc)
+
+        return endpoint
+
+    def render_error(self, exc: E.GatewayError) -> web.Response:
+        code = self.error_code(exc)
+        out: dict[str, Any] = {"status": "ERROR", "code": code, "message": exc.detail,
+                               "retryable": isinstance(exc, E.Retryable)}
+        if exc.balance is not None and exc.currency:
+            out["balance"] = format_minor(exc.balance, exc.currency)
+            out["currency"] = exc.currency
+        headers = {}
+        if isinstance(exc, E.Retryable):
+            out["retry_after_s"] = round(exc.retry_after_s, 3)
+            headers["Retry-After"] = str(max(1, int(exc.retry_after_s + 0.999)))
+        return _json(exc.http_status, out, headers)
+
+    def _money_answer(self, result: Result) -> dict[str, Any]:
+        err = E.error_for(result)
+        if err is not None and self.error_code(err) != OK:
+            raise err
+        return {"balance": format_minor(result.balance, result.currency), "currency": result.currency,
+                "transaction_id": str(result.ledger_tx), "duplicate": result.duplicate,
+                "outcome": str(result.status)}
+
+    async def _settle_session(self, body: dict[str, Any]) -> PlayerSession:
+        token = body.get("session_token")
+        if token is not None and not isinstance(token, str):
+            raise E.MalformedBody("session_token must be a string")
+        player = body.get("player_id")
+        if player is None:
+            if not token:
+                raise E.MalformedBody("session_token or player_id is required")
+            return await self.wallet.session(self.config.id, token, allow_expired=True)
+        return await flow.settlement_session(self, token, _str(body, "player_id"))
+
+    def _amount(self, body: dict[str, Any], session: PlayerSession) -> int:
+        currency = _str(body, "currency", max_len=3)
+        if currency != session.currency:
+            raise E.WrongCurrency(f"session currency is {session.currency}, not {currency}")
+        amount = body.get("amount")
+        if not isinstance(amount, str):
+            raise E.InvalidAmount("amount must be a decimal string, e.g. \"1.50\"")
+        return to_minor(amount, currency)
+
+    # ------------------------------------------------------------------ calls
+    async def authenticate(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+        session = await self.wallet.open_session(self.config.id, _str(body, "launch_token"))
+        balance = await self.wallet.balance(session)
+        return {"session_token": session.token, "player_id": session.player_id, "currency": session.currency,
+                "balance": format_minor(balance, session.currency), "expires_ms": session.expires_ms}
+
+    async def balance(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+        session = await self.wallet.session(self.config.id, _str(body, "session_token", max_len=200))
+        balance = await self.wallet.balance(session)
+        return {"balance": format_minor(balance, session.currency), "currency": session.currency}
+
+    async def bet(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+        session = await flow.bet_session(self, _str(body, "session_token", max_len=200), None)
+        amount = self._amount(body, session)
+        cmd = flow.build(self, session, Kind.BET, tx_id=_str(body, "transaction_id"),
+                         round_id=_str(body, "round_id"), amount=amount,
+                         traceparent=request.headers.get("traceparent"),
+                         game_id=_str(body, "game_id", required=False),
+                         free_round=_bool(body, "free_round"), round_closed=_bool(body, "round_closed"))
+        return self._money_answer(await self.wallet.execute(cmd))
+
+    async def win(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+        session = await self._settle_session(body)
+        amount = self._amount(body, session)
+        credit_type = body.get("type", "win")
+        if credit_type not in ("win", "bonus", "jackpot", "promo"):
+            raise E.MalformedBody("type must be win, bonus, jackpot or promo")
+        ref = _str(body, "bet_transaction_id", required=False) or None
+        cmd = flow.build(self, session, Kind.WIN, tx_id=_str(body, "transaction_id"),
+                         round_id=_str(body, "round_id"), amount=amount, ref_tx_id=ref,
+                         traceparent=request.headers.get("traceparent"), credit_type=credit_type,
+                         game_id=_str(body, "game_id", required=False),
+                         free_round=_bool(body, "free_round"), round_closed=_bool(body, "round_closed"))
+        return self._money_answer(await self.wallet.execute(cmd))
+
+    async def rollback(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+        session = await self._settle_session(body)
+        ref = _str(body, "bet_transaction_id")
+        cmd = flow.build(self, session, Kind.ROLLBACK, tx_id=_str(body, "transaction_id"),
+                         round_id=_str(body, "round_id", required=False) or ref, ref_tx_id=ref,
+                         traceparent=request.headers.get("traceparent"),
+                         round_closed=_bool(body, "round_closed"))
+        return self._money_answer(await self.wallet.execute(cmd))
+
+    async def end_round(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+        session = await self._settle_session(body)
+        round_id = _str(body, "round_id")
+        tx_id = _str(body, "transaction_id", required=False) or f"end:{round_id}"
+        cmd = flow.build(self, session, Kind.END_ROUND, tx_id=tx_id, round_id=round_id,
+                         traceparent=request.headers.get("traceparent"))
+        return self._money_answer(await self.wallet.execute(cmd))
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                        headers=headers)
+
+
+class NativeClient:
+    """The provider side of the native protocol: signed calls for tests, the simulator and Locust."""
+
+    def __init__(self, provider_id: str, secret: str) -> None:
+        self.provider_id = provider_id
+        self.secret = secret
+        self.base = f"/v1/providers/{provider_id}"
+
+    def call(self, action: str, **fields: Any) -> Call:
+        body = orjson.dumps({k: v for k, v in fields.items() if v is not None})
+        return Call(f"{self.base}/{action}", {SIGNATURE_HEADER: sign(self.secret, body),
+                                               "Content-Type": "application/json"}, body)
+
+    def authenticate(self, launch_token: str) -> Call:
+        return self.call("authenticate", launch_token=launch_token)
+
+    def balance(self, session_token: str) -> Call:
+        return self.call("balance", session_token=session_token)
+
+    def bet(self, session_token: str, tx_id: str, round_id: str, amount: str, currency: str, **kw: Any) -> Call:
+        return self.call("bet", session_token=session_token, transaction_id=tx_id, round_id=round_id,
+                         amount=amount, currency=currency, **kw)
+
+    def win(self, session_token: str | None, tx_id: str, round_id: str, amount: str, currency: str,
+            **kw: Any) -> Call:
+        return self.call("win", session_token=session_token, transaction_id=tx_id, round_id=round_id,
+                         amount=amount, currency=currency, **kw)
+
+    def rollback(self, session_token: str | None, tx_id: str, bet_tx_id: str, **kw: Any) -> Call:
+        return self.call("rollback", session_token=session_token, transaction_id=tx_id,
+                         bet_transaction_id=bet_tx_id, **kw)
+
+    def end_round(self, session_token: str | None, round_id: str, **kw: Any) -> Call:
+        return self.call("end-round", session_token=session_token, round_id=round_id, **kw)

@@ -1,0 +1,134 @@
+"""The application factory: wiring edge → guards → hot path → adapters → ledger client.
+
+Start-up connects NATS, Redis and a small read pool per shard, starts the ledger client and mounts
+each enabled provider at ``/v1/providers/<id>``. Shutdown is graceful: stop taking money calls
+(answered retryable), drain queued and in-flight commands, then close connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+
+import nats
+import redis.asyncio as redis
+from aiohttp import web
+
+from adapters.base import ProviderConfig
+from gateway import errors as E
+from gateway.degradation import Degradation
+from gateway.guards import Guards
+from gateway.health import healthz, readyz
+from gateway.http import error_response, json_response
+from gateway.ledger_client import LedgerClient
+from gateway.metrics import metrics_handler, metrics_middleware
+from gateway.monitor import Monitor
+from gateway.operator_api import routes as operator_routes
+from gateway.providers import adapter_class
+from gateway.sessions import SessionStore
+from gateway.settings import SETTINGS_KEY, Settings
+from gateway.state import STATE_KEY, GatewayState
+from gateway.wallet import Wallet
+from ledger.sharding import pools_for
+
+log = logging.getLogger(__name__)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except E.GatewayError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status == 413:
+            return error_response(E.PayloadTooLarge())
+        if exc.status in (404, 405):
+            return json_response({"error": {"code": "not_found" if exc.status == 404 else "method_not_allowed",
+                                             "message": exc.reason, "retryable": False}}, exc.status)
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(E.InternalError())
+
+
+async def openapi(request: web.Request) -> web.Response:
+    text = resources.files("gateway").joinpath("openapi.json").read_bytes()
+    return web.Response(body=text, content_type="application/json")
+
+
+def create_app(settings: Settings, providers: list[ProviderConfig]) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes,
+                          middlewares=[metrics_middleware, error_middleware])
+    app[SETTINGS_KEY] = settings
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/openapi.json", openapi)
+    app.add_routes(operator_routes())
+    app.cleanup_ctx.append(_lifecycle(settings, providers))
+    return app
+
+
+def _lifecycle(settings: Settings, providers: list[ProviderConfig]):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        nc = await nats.connect(settings.nats_url, name=f"gateway-{settings.instance_id}",
+                                max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+        rds = redis.Redis.from_url(settings.redis_url)
+        dsns = settings.shard_dsns()
+        pools = await pools_for(dsns, range(settings.shards), max_size=settings.writer_pool_size + 2)
+        ledger = LedgerClient(settings, nc)
+        await ledger.start()
+        guards = Guards(settings)
+        degradation = Degradation()
+        wallet = Wallet(SessionStore(settings, rds), ledger, pools, guards, degradation)
+        state = GatewayState(settings, {p.id: p for p in providers}, nc, rds, pools, ledger, wallet, guards,
+                             degradation, started_ms=int(time.time() * 1000))
+        app[STATE_KEY] = state
+        monitor = Monitor(state)
+        monitor_task = asyncio.create_task(monitor.run(), name="gateway-monitor")
+        try:
+            yield
+        finally:
+            wallet.closing = True
+            monitor.stop()
+            await ledger.drain(settings.shutdown_drain_s)
+            await asyncio.gather(monitor_task, return_exceptions=True)
+            await ledger.close()
+            await nc.drain()
+            for pool in pools.values():
+                await pool.close()
+            await rds.aclose()
+
+    return ctx
+
+
+def mount_providers(app: web.Application, providers: list[ProviderConfig]) -> None:
+    """Mount each enabled provider as a sub-app; adapters reach the wallet once the app has started."""
+    for cfg in providers:
+        if not cfg.enabled:
+            continue
+        sub = web.Application(client_max_size=app._client_max_size)
+        proxy = _WalletProxy(app)
+        adapter = adapter_class(cfg.protocol)(cfg, proxy)
+        sub.add_routes(adapter.routes())
+        app.add_subapp(f"/v1/providers/{cfg.id}", sub)
+
+
+class _WalletProxy:
+    """Resolves the wallet lazily: adapters are built before start-up creates it."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._app[STATE_KEY].wallet, name)
+
+
+def build_app(settings: Settings, providers: list[ProviderConfig]) -> web.Application:
+    app = create_app(settings, providers)
+    mount_providers(app, providers)
+    return app

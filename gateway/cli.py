@@ -1,0 +1,192 @@
+"""``gateway`` command line: up, serve, ledger, migrate, reconcile.
+
+Every command reads the one ``Settings`` object from ``GATEWAY_*`` variables first, so a bad or
+unknown key stops it before anything starts, with one line per problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from gateway.settings import Settings, SettingsError
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+
+
+def _need(settings: Settings, *names: str) -> None:
+    missing = [f"GATEWAY_{n.upper()}" for n in names if not getattr(settings, n)]
+    if missing:
+        print(f"missing configuration: {', '.join(missing)} (or use `gateway up`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a dependency, but the gateway still runs on asyncio
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _until_signal() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+# ---------------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings()
+    _need(settings, "nats_url", "pg_dsns", "redis_url")
+    workers = args.workers or settings.workers
+    if workers > 1:
+        return _serve_workers(settings, workers)
+    _logging(settings)
+    from aiohttp import web
+
+    from gateway.app import build_app
+    from gateway.providers import ProviderConfigError, load_providers
+
+    try:
+        providers = load_providers(settings.providers_file) if settings.providers_file else []
+    except ProviderConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    _install_uvloop()
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.http_host, settings.http_port))
+    web.run_app(build_app(settings, providers), sock=sock, print=None, access_log=None,
+                shutdown_timeout=float(settings.shutdown_drain_s), handle_signals=True)
+    return 0
+
+
+def _serve_workers(settings: Settings, workers: int) -> int:
+    """N processes, one event loop each, sharing the port through SO_REUSEPORT."""
+    import subprocess
+
+    env = {**os.environ, "GATEWAY_WORKERS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--workers", "1"], env=env)
+             for _ in range(workers)]
+    return _supervise(procs)
+
+
+def _supervise(procs: list) -> int:  # type: ignore[type-arg]
+    """Wait for children; on SIGINT/SIGTERM (or one dying) stop them all and wait."""
+    import time
+
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stopping and all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except Exception:
+                p.kill()
+                p.wait()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return 0 if stopping else 1
+
+
+# ---------------------------------------------------------------------- ledger
+def cmd_ledger(args: argparse.Namespace) -> int:
+    settings = _settings()
+    _need(settings, "nats_url", "pg_dsns")
+    _logging(settings)
+    from ledger.sharding import parse_shard_range
+    from ledger.writer import run_writers
+
+    shards = parse_shard_range(args.shards, settings.shards)
+    _install_uvloop()
+
+    async def main() -> None:
+        stop = await _until_signal()
+        await run_writers(settings, shards, stop)
+
+    asyncio.run(main())
+    return 0
+
+
+# ---------------------------------------------------------------------- migrate / reconcile
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings()
+    _need(settings, "pg_dsns")
+    from ledger.migrate import migrate_all
+
+    applied = asyncio.run(migrate_all(settings.shard_dsns()))
+    for shard, versions in applied.items():
+        print(f"shard {shard}: " + (f"applied {versions}" if versions else "up to date"))
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    settings = _settings()
+    _need(settings, "pg_dsns")
+    from ledger.reconcile import format_reports, reconcile
+
+    reports = asyncio.run(reconcile(settings.shard_dsns()))
+    print(format_reports(reports))
+    return 0 if all(r.ok for r in reports) else 1
+
+
+# ---------------------------------------------------------------------- up
+def cmd_up(args: argparse.Namespace) -> int:
+    from gateway.up import run_up
+
+    return run_up(_settings(), workers=args.workers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="Game Gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("up", help="the whole stack on this machine (embedded NATS, PostgreSQL, Redis)")
+    p.add_argument("--workers", type=int, default=0, help="gateway processes (default: GATEWAY_WORKERS)")
+    p.set_defaults(func=cmd_up)
+    p = sub.add_parser("serve", help="the gateway only")
+    p.add_argument("--workers", type=int, default=0, help="processes sharing the port (SO_REUSEPORT)")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("ledger", help="ledger writers only")
+    p.add_argument("--shards", default="all", help="e.g. 0-3, 1,3 or all")
+    p.set_defaults(func=cmd_ledger)
+    sub.add_parser("migrate", help="apply SQL migrations to every shard").set_defaults(func=cmd_migrate)
+    sub.add_parser("reconcile", help="check every ledger invariant").set_defaults(func=cmd_reconcile)
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

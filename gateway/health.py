@@ -1,0 +1,47 @@
+"""Liveness and readiness.
+
+``/healthz`` says the process runs (never touches a dependency, so a slow database can't get pods
+killed). ``/readyz`` says this instance can take traffic: NATS connected and the ledger stream there,
+Redis answering, every shard's database answering, and not draining; its body shows the degradation
+mode and per-shard queue state either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from gateway.http import json_response
+from gateway.state import STATE_KEY
+from ledger import transport
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def _check(coro: Any) -> str:
+    try:
+        await asyncio.wait_for(coro, 1.0)
+        return "ok"
+    except Exception as exc:
+        return f"failed: {type(exc).__name__}: {exc}"[:200]
+
+
+async def readyz(request: web.Request) -> web.Response:
+    st = request.app[STATE_KEY]
+    checks: dict[str, str] = {}
+    checks["nats"] = "ok" if st.nc.is_connected else "failed: not connected"
+    checks["ledger_stream"] = await _check(
+        st.nc.jetstream().stream_info(transport.stream_name(st.settings, st.settings.stream_name)))
+    checks["redis"] = await _check(st.redis.ping())
+    for shard, pool in sorted(st.pools.items()):
+        checks[f"ledger_shard_{shard}"] = await _check(pool.fetchval("SELECT 1"))
+    if st.wallet.closing:
+        checks["draining"] = "failed: shutting down"
+    ready = all(v == "ok" for v in checks.values())
+    body = {"status": "ready" if ready else "not ready", "checks": checks,
+            "degradation": st.degradation.snapshot(), "queues": st.ledger.queue_state()}
+    return json_response(body, 200 if ready else 503)

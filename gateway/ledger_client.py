@@ -1,0 +1,207 @@
+"""The gateway's side of the ledger transport: route, queue, batch, publish, await.
+
+Per shard, commands pass a bounded priority queue (bets sheddable, settlements never) into a batcher
+that coalesces them into one JetStream message (bounded by count, bytes and a few ms). At most
+``MAX_INFLIGHT`` batches per shard await their results; when the ledger slows, commands wait in the
+queue, their sojourn time rises and the queue starts shedding new bets, while wins, rollbacks and
+deposits still queue. A publish is retried with the same ``Nats-Msg-Id``, so JetStream stores it
+once. Every command awaits its own result with a deadline; a late result is dropped here, and the
+caller's retry meets the ledger's idempotency row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import nats
+import nats.errors
+import nats.js.errors
+import orjson
+from nats.aio.msg import Msg
+
+from gateway.errors import LedgerTimeout, Overloaded
+from gateway.settings import Settings
+from hotpath.backpressure import LANE_BET, LANE_SETTLE, ShardQueue
+from hotpath.batcher import Batch, Batcher
+from hotpath.shard import shard_for
+from ledger import transport
+from ledger.commands import Command, Kind, Result
+
+log = logging.getLogger(__name__)
+
+MAX_INFLIGHT = 8
+_SHEDDABLE = frozenset({Kind.BET, Kind.WITHDRAW})
+
+
+@dataclass(slots=True)
+class _Pending:
+    cmd: Command
+    payload: bytes
+    future: asyncio.Future[Result]
+    enqueued_ns: int
+
+
+@dataclass
+class _ShardState:
+    queue: ShardQueue
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    inflight: int = 0
+    slot_free: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class LedgerClient:
+    def __init__(self, settings: Settings, nc: nats.NATS) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.shards = settings.shards
+        self.batcher = Batcher(settings.shards, settings.batch_max_commands, settings.batch_max_bytes,
+                               settings.batch_max_delay_ms * 1_000_000)
+        self._state = [
+            _ShardState(ShardQueue(settings.queue_max_depth, settings.queue_target_ms * 1_000_000,
+                                   settings.queue_interval_ms * 1_000_000))
+            for _ in range(settings.shards)
+        ]
+        self._waiting: dict[str, _Pending] = {}
+        self._batch_ids = itertools.count(1)
+        self._instance = settings.instance_id or uuid.uuid4().hex[:12]
+        self.reply_subject = f"{transport.subject_prefix(settings)}_GW.{self._instance}.results"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sub: nats.aio.subscription.Subscription | None = None
+        self.published = 0
+        self.timeouts = 0
+        self.closing = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await transport.ensure_streams(self.js, self.settings)
+        self._sub = await self.nc.subscribe(self.reply_subject, cb=self._on_results)
+        for shard in range(self.shards):
+            self._tasks.append(asyncio.create_task(self._pump(shard), name=f"ledger-pump-{shard}"))
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking commands; wait for the queued and in-flight ones to be answered."""
+        self.closing = True
+        deadline = time.monotonic() + timeout_s
+        while self._waiting and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    # ------------------------------------------------------------------ submit
+    def shard_of(self, player_id: str) -> int:
+        return shard_for(player_id, self.shards)
+
+    def queue_state(self) -> list[dict[str, object]]:
+        return [dict(st.queue.state(), inflight=st.inflight) for st in self._state]
+
+    def shedding(self) -> bool:
+        return any(st.queue.shedding for st in self._state)
+
+    async def submit(self, cmd: Command) -> Result:
+        """Send one command to its shard's writer and await its result (raises Retryable)."""
+        shard = self.shard_of(cmd.player_id)
+        st = self._state[shard]
+        now = time.monotonic_ns()
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        pending = _Pending(cmd, orjson.dumps(cmd.to_wire()), fut, now)
+        lane = LANE_BET if cmd.kind in _SHEDDABLE else LANE_SETTLE
+        if not st.queue.offer(lane, pending, now):
+            raise Overloaded("ledger shard is behind; bet shed", retry_after_s=1.0)
+        self._waiting[cmd.cmd_id] = pending
+        st.wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.settings.ledger_timeout_ms / 1000)
+        except TimeoutError:
+            self.timeouts += 1
+            raise LedgerTimeout(retry_after_s=1.0) from None
+        finally:
+            self._waiting.pop(cmd.cmd_id, None)
+            if not fut.done():
+                fut.cancel()
+            st.queue.record_sojourn(time.monotonic_ns() - now, time.monotonic_ns())
+
+    # ------------------------------------------------------------------ pump: queue → batcher → JetStream
+    async def _pump(self, shard: int) -> None:
+        st = self._state[shard]
+        while True:
+            now = time.monotonic_ns()
+            deadline = self.batcher.next_deadline_ns()
+            while st.inflight < MAX_INFLIGHT:
+                item = st.queue.take(now)
+                if item is None:
+                    break
+                assert isinstance(item, _Pending)
+                if item.future.done():
+                    continue  # its caller gave up; don't send
+                full = self.batcher.add(shard, item.cmd.cmd_id, item.payload, now)
+                if full is not None:
+                    self._launch(full)
+            for batch in self.batcher.due(now):
+                self._launch(batch)
+            if st.inflight >= MAX_INFLIGHT:
+                st.slot_free.clear()
+                await st.slot_free.wait()
+                continue
+            deadline = self.batcher.next_deadline_ns()
+            st.wake.clear()
+            timeout = None if deadline is None else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
+            if timeout is None and self.batcher.pending(shard) == 0 and st.queue.depth(LANE_SETTLE) + st.queue.depth(
+                LANE_BET
+            ) == 0:
+                await st.wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(st.wake.wait(), timeout if timeout is not None else 0.001)
+
+    def _launch(self, batch: Batch) -> None:
+        st = self._state[batch.shard]
+        st.inflight += 1
+        task = asyncio.create_task(self._publish(batch))
+        task.add_done_callback(lambda _t, s=st: self._release(s))
+
+    def _release(self, st: _ShardState) -> None:
+        st.inflight -= 1
+        st.slot_free.set()
+        st.wake.set()
+
+    async def _publish(self, batch: Batch) -> None:
+        """Publish (retrying with the same message id) then hold the slot until answered or timed out."""
+        msg_id = f"{self._instance}-{next(self._batch_ids)}"
+        subject = transport.cmd_subject(self.settings, batch.shard)
+        headers = {transport.MSG_ID_HEADER: msg_id, transport.REPLY_HEADER: self.reply_subject}
+        body = batch.encode()
+        futures = [self._waiting[c].future for c in batch.cmd_ids if c in self._waiting]
+        deadline = time.monotonic() + self.settings.ledger_timeout_ms / 1000
+        for attempt in itertools.count():
+            try:
+                await self.js.publish(subject, body, headers=headers, timeout=max(0.05, deadline - time.monotonic()))
+                self.published += 1
+                break
+            except (nats.errors.TimeoutError, nats.js.errors.APIError, nats.errors.NoRespondersError) as exc:
+                if time.monotonic() >= deadline:
+                    log.warning("batch %s to shard %d not stored after %d attempts: %s",
+                                msg_id, batch.shard, attempt + 1, exc)
+                    return
+                await asyncio.sleep(min(0.05 * (attempt + 1), 0.25))
+        if futures:
+            remaining = max(0.0, deadline - time.monotonic())
+            await asyncio.wait(futures, timeout=remaining)
+
+    async def _on_results(self, msg: Msg) -> None:
+        for row in orjson.loads(msg.data):
+            pending = self._waiting.get(row[0])
+            if pending is not None and not pending.future.done():
+                pending.future.set_result(Result.from_wire(row))

@@ -1,0 +1,158 @@
+"""``gateway up``: the whole Game Gateway on one machine, and nothing left running after it.
+
+Starts NATS (JetStream), PostgreSQL and Redis from their PyPI wheels on free loopback ports in the
+data folder (each unless its ``GATEWAY_*`` URL is set), applies migrations, then runs the ledger
+writers and the gateway as child processes with the same settings. Ctrl-C or SIGTERM stops the
+children first (the gateway drains), then the servers it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gateway.settings import Settings
+
+DEMO_PROVIDER = "demo"
+
+
+def _dev_file(path: Path, make: str) -> str:
+    if not path.exists():
+        path.write_text(make)
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def dev_defaults(settings: Settings, data: Path) -> Settings:
+    """API keys and a demo native provider for a laptop, generated once and kept in the data folder."""
+    changes: dict[str, str] = {}
+    if not settings.api_keys:
+        op = _dev_file(data / "operator.key", secrets.token_urlsafe(18))
+        admin = _dev_file(data / "admin.key", secrets.token_urlsafe(18))
+        changes["api_keys"] = f"{op}:operator,{admin}:admin"
+    if not settings.providers_file:
+        secret = _dev_file(data / "demo.secret", secrets.token_urlsafe(24))
+        path = data / "providers.toml"
+        path.write_text(
+            "# Written by `gateway up` for local play; point GATEWAY_PROVIDERS_FILE at your own file.\n"
+            f'[[providers]]\nid = "{DEMO_PROVIDER}"\nprotocol = "native"\nsecret_file = "demo.secret"\n')
+        changes["providers_file"] = str(path)
+    return settings.replace(**changes) if changes else settings
+
+
+def walkthrough(settings: Settings, base: str) -> str:
+    op_key = next((k for k, r in settings.api_key_roles.items() if r == "operator"), "<operator key>")
+    secret_note = f"$(cat {Path(settings.data_dir) / 'demo.secret'})"
+    return f"""
+Try it (bash; needs curl and openssl):
+
+  KEY={op_key}
+  SECRET={secret_note}
+  sign() {{ printf '%s' "$1" | openssl dgst -sha256 -hmac "$SECRET" | sed 's/^.*= //'; }}
+  P='{{"tenant_id":"t1","brand_id":"b1","license":"MGA","player_id":"alice","currency":"EUR"}}'
+  # 1. deposit 100.00 EUR (operator API, idempotency key)
+  curl -s -H "Authorization: Bearer $KEY" {base}/v1/wallet/deposit \\
+    -d "${{P%}}}},\\"amount\\":\\"100.00\\",\\"idempotency_key\\":\\"dep-1\\"}}"
+  # 2. launch a game session at the demo provider
+  LT=$(curl -s -H "Authorization: Bearer $KEY" {base}/v1/sessions \\
+    -d "${{P%}}}},\\"provider_id\\":\\"{DEMO_PROVIDER}\\"}}" | sed 's/.*"launch_token":"\\([^"]*\\)".*/\\1/')
+  # 3. the provider exchanges the launch token for a session (signed request)
+  B="{{\\"launch_token\\":\\"$LT\\"}}"
+  ST=$(curl -s -H "X-Signature: $(sign "$B")" {base}/v1/providers/{DEMO_PROVIDER}/authenticate -d "$B" \\
+    | sed 's/.*"session_token":"\\([^"]*\\)".*/\\1/')
+  # 4. bet 1.50, then win 4.00 on round r1
+  B="{{\\"session_token\\":\\"$ST\\",\\"transaction_id\\":\\"bet-1\\",\\"round_id\\":\\"r1\\",\\"amount\\":\\"1.50\\",\\"currency\\":\\"EUR\\"}}"
+  curl -s -H "X-Signature: $(sign "$B")" {base}/v1/providers/{DEMO_PROVIDER}/bet -d "$B"; echo
+  B="{{\\"session_token\\":\\"$ST\\",\\"transaction_id\\":\\"win-1\\",\\"round_id\\":\\"r1\\",\\"amount\\":\\"4.00\\",\\"currency\\":\\"EUR\\",\\"bet_transaction_id\\":\\"bet-1\\",\\"round_closed\\":true}}"
+  curl -s -H "X-Signature: $(sign "$B")" {base}/v1/providers/{DEMO_PROVIDER}/win -d "$B"; echo
+  # 5. balance (operator API): 102.50
+  curl -s -H "Authorization: Bearer $KEY" "{base}/v1/wallet/balance?brand_id=b1&player_id=alice&currency=EUR"; echo
+"""
+
+
+def run_up(settings: Settings, *, workers: int = 0) -> int:
+    from gateway.embedded import EmbeddedStack
+    from ledger.migrate import migrate_all
+
+    data = Path(settings.data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    settings = settings.replace(data_dir=str(data))
+    print(f"gateway up: data folder {data}", flush=True)
+    stack = EmbeddedStack(data, nats_url=settings.nats_url or None, pg_dsn=settings.pg_dsns or None,
+                          redis_url=settings.redis_url or None, database=None if settings.pg_dsns else "gateway")
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stack.start()
+        settings = dev_defaults(settings.replace(nats_url=stack.nats_url, pg_dsns=settings.pg_dsns or stack.pg_dsn,
+                                                 redis_url=stack.redis_url), data)
+        for server in stack.servers:
+            print(f"  {server.name:<10} {server.url}  (pid {server.pid}, started in {server.startup_s:.1f}s)")
+        applied = asyncio.run(migrate_all(settings.shard_dsns()))
+        print(f"  migrations {sum(len(v) for v in applied.values())} applied over {len(applied)} shard(s)")
+        env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("GATEWAY_")}
+        env.update(settings.env())
+        children.append(subprocess.Popen([sys.executable, "-m", "gateway", "ledger", "--shards", "all"], env=env))
+        n = str(workers or settings.workers)
+        children.append(subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--workers", n], env=env))
+        base = f"http://{settings.http_host}:{settings.http_port}"
+        if _wait_ready(base, children, lambda: stopping):
+            print(f"\nGame Gateway ready on {base}  (ledger writers for {settings.shards} shards)")
+            print(f"  operator API key   {next(k for k, r in settings.api_key_roles.items() if r == 'operator')}")
+            print(f"  admin API key      {next(k for k, r in settings.api_key_roles.items() if r == 'admin')}")
+            print(f"  providers file     {settings.providers_file}")
+            print(f"  OpenAPI            {base}/openapi.json    readiness {base}/readyz")
+            print(walkthrough(settings, base))
+            print("Ctrl-C stops everything.", flush=True)
+        while not stopping and all(c.poll() is None for c in children):
+            time.sleep(0.2)
+        failed = not stopping
+        if failed:
+            print("gateway up: a child process exited; stopping everything", file=sys.stderr)
+        return 1 if failed else 0
+    finally:
+        for c in reversed(children):
+            if c.poll() is None:
+                c.send_signal(signal.SIGTERM)
+        for c in reversed(children):
+            try:
+                c.wait(settings.shutdown_drain_s + 10)
+            except subprocess.TimeoutExpired:
+                c.kill()
+                c.wait()
+        stack.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+        print("gateway up: stopped", flush=True)
+
+
+def _wait_ready(base: str, children: list[subprocess.Popen[bytes]], stopping: object, timeout: float = 60) -> bool:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(stopping) and stopping():
+            return False
+        if any(c.poll() is not None for c in children):
+            return False
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    print("gateway up: the gateway did not become ready in time", file=sys.stderr)
+    return False

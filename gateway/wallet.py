@@ -1,0 +1,105 @@
+"""The gateway's wallet port: what adapters and the operator API call.
+
+Adapters translate; the wallet guards and routes. A command is built complete here (tenant, brand,
+license, player, currency, ids, trace) and validated before anything is queued, then it passes
+degradation and rate limits, then the ledger client. Balances are read from the shard's database
+(a primary-key read); money only ever moves through ledger commands.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+
+from adapters.base import PlayerSession
+from gateway.degradation import Degradation
+from gateway.errors import BadInput, Retryable
+from gateway.guards import Guards
+from gateway.ledger_client import LedgerClient
+from gateway.sessions import SessionStore
+from ledger.commands import Command, InvalidCommand, Kind, Result
+
+_BALANCE_SQL = """SELECT b.balance FROM accounts a JOIN balances b USING (account_id)
+                   WHERE a.kind = 'player' AND a.brand_id = $1 AND a.player_id = $2 AND a.currency = $3"""
+
+
+def new_traceparent() -> str:
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def valid_traceparent(value: str | None) -> str:
+    """Keep a caller's W3C traceparent when well-formed, else start a new trace."""
+    if value and len(value) == 55 and value[2] == "-" and value.count("-") == 3:
+        return value
+    return new_traceparent()
+
+
+class Wallet:
+    def __init__(self, sessions: SessionStore, ledger: LedgerClient, pools: dict[int, asyncpg.Pool],
+                 guards: Guards, degradation: Degradation) -> None:
+        self.sessions = sessions
+        self.ledger = ledger
+        self.pools = pools
+        self.guards = guards
+        self.degradation = degradation
+        self.closing = False
+
+    # ------------------------------------------------------------------ sessions
+    async def launch(self, template: PlayerSession) -> tuple[str, int]:
+        self.degradation.check_session(template.provider_id, template.brand_id)
+        return await self.sessions.launch(template.provider_id, template)
+
+    async def open_session(self, provider_id: str, launch_token: str) -> PlayerSession:
+        return await self.sessions.open(provider_id, launch_token)
+
+    async def session(self, provider_id: str, token: str, *, allow_expired: bool = False) -> PlayerSession:
+        return await self.sessions.get(provider_id, token, allow_expired=allow_expired)
+
+    async def rotate_session(self, session: PlayerSession) -> PlayerSession:
+        return await self.sessions.rotate(session)
+
+    async def profile(self, provider_id: str, player_id: str) -> PlayerSession:
+        return await self.sessions.profile(provider_id, player_id)
+
+    # ------------------------------------------------------------------ money
+    async def balance(self, session: PlayerSession) -> int:
+        return await self.balance_of(session.brand_id, session.player_id, session.currency)
+
+    async def balance_of(self, brand_id: str, player_id: str, currency: str) -> int:
+        pool = self.pools[self.ledger.shard_of(player_id)]
+        value = await pool.fetchval(_BALANCE_SQL, brand_id, player_id, currency)
+        return int(value or 0)
+
+    def command(self, session: PlayerSession, kind: Kind, *, tx_id: str, round_id: str, amount: int = 0,
+                traceparent: str | None = None, **extra: Any) -> Command:
+        cmd = Command(
+            cmd_id=uuid.uuid4().hex, kind=kind, tenant_id=session.tenant_id, brand_id=session.brand_id,
+            license=session.license, player_id=session.player_id, currency=session.currency,
+            provider_id=session.provider_id, tx_id=tx_id, round_id=round_id,
+            traceparent=valid_traceparent(traceparent), amount=amount,
+            session_started_ms=session.started_ms if kind is Kind.BET else 0,
+            game_id=extra.pop("game_id", "") or "", **extra,
+        )
+        try:
+            cmd.validate()
+        except InvalidCommand as exc:
+            raise BadInput(str(exc)) from None
+        return cmd
+
+    async def execute(self, command: Command, *, guard: bool = True) -> Result:
+        if self.closing:
+            raise Retryable("gateway is shutting down", retry_after_s=2.0)
+        if guard:
+            if command.kind is Kind.BET:
+                self.degradation.check_bet(command.provider_id, command.brand_id)
+                self.guards.check(command.provider_id, command.brand_id, command.player_id, command.round_id)
+            else:
+                self.guards.check(command.provider_id, command.brand_id)
+        return await self.ledger.submit(command)
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000)
