@@ -22,7 +22,7 @@ from adapters import flow
 from adapters.base import Adapter, PlayerSession
 from adapters.flow import Call
 from gateway import errors as E
-from gateway.money import format_minor, to_minor
+from gateway.money import exponent, format_minor, to_minor
 from ledger.commands import Kind, Result
 
 SIGNATURE_HEADER = "X-Signature"
@@ -125,6 +125,7 @@ class NativeAdapter(Adapter):
 
     def _amount(self, body: dict[str, Any], session: PlayerSession) -> int:
         currency = _str(body, "currency", max_len=3)
+        exponent(currency)
         if currency != session.currency:
             raise E.WrongCurrency(f"session currency is {session.currency}, not {currency}")
         amount = body.get("amount")

@@ -75,7 +75,7 @@ def consumer_config(settings: Settings, shard: int) -> ConsumerConfig:
         durable_name=durable_name(settings, shard),
         filter_subject=cmd_subject(settings, shard),
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=10.0,
+        ack_wait=float(settings.writer_ack_wait_s),
         max_ack_pending=10_000,
         max_waiting=16,
     )
