@@ -54,23 +54,23 @@ Try it (bash; needs curl and openssl):
   KEY={op_key}
   SECRET={secret_note}
   sign() {{ printf '%s' "$1" | openssl dgst -sha256 -hmac "$SECRET" | sed 's/^.*= //'; }}
-  P='{{"tenant_id":"t1","brand_id":"b1","license":"MGA","player_id":"alice","currency":"EUR"}}'
-  # 1. deposit 100.00 EUR (operator API, idempotency key)
+  P='"tenant_id":"t1","brand_id":"b1","license":"MGA","player_id":"alice","currency":"EUR"'
+  # 1. deposit 100.00 EUR (operator API, with an idempotency key)
   curl -s -H "Authorization: Bearer $KEY" {base}/v1/wallet/deposit \\
-    -d "${{P%}}}},\\"amount\\":\\"100.00\\",\\"idempotency_key\\":\\"dep-1\\"}}"
-  # 2. launch a game session at the demo provider
-  LT=$(curl -s -H "Authorization: Bearer $KEY" {base}/v1/sessions \\
-    -d "${{P%}}}},\\"provider_id\\":\\"{DEMO_PROVIDER}\\"}}" | sed 's/.*"launch_token":"\\([^"]*\\)".*/\\1/')
-  # 3. the provider exchanges the launch token for a session (signed request)
+    -d "{{$P,\\"amount\\":\\"100.00\\",\\"idempotency_key\\":\\"dep-1\\"}}"; echo
+  # 2. launch a game session for alice at the demo provider
+  LT=$(curl -s -H "Authorization: Bearer $KEY" {base}/v1/sessions -d "{{$P,\\"provider_id\\":\\"{DEMO_PROVIDER}\\"}}" \\
+    | sed 's/.*"launch_token":"\\([^"]*\\)".*/\\1/')
+  # 3. the provider exchanges the launch token for a session (every provider call is signed)
   B="{{\\"launch_token\\":\\"$LT\\"}}"
   ST=$(curl -s -H "X-Signature: $(sign "$B")" {base}/v1/providers/{DEMO_PROVIDER}/authenticate -d "$B" \\
     | sed 's/.*"session_token":"\\([^"]*\\)".*/\\1/')
   # 4. bet 1.50, then win 4.00 on round r1
   B="{{\\"session_token\\":\\"$ST\\",\\"transaction_id\\":\\"bet-1\\",\\"round_id\\":\\"r1\\",\\"amount\\":\\"1.50\\",\\"currency\\":\\"EUR\\"}}"
   curl -s -H "X-Signature: $(sign "$B")" {base}/v1/providers/{DEMO_PROVIDER}/bet -d "$B"; echo
-  B="{{\\"session_token\\":\\"$ST\\",\\"transaction_id\\":\\"win-1\\",\\"round_id\\":\\"r1\\",\\"amount\\":\\"4.00\\",\\"currency\\":\\"EUR\\",\\"bet_transaction_id\\":\\"bet-1\\",\\"round_closed\\":true}}"
+  B="{{\\"session_token\\":\\"$ST\\",\\"transaction_id\\":\\"win-1\\",\\"round_id\\":\\"r1\\",\\"amount\\":\\"4.00\\",\\"currency\\":\\"EUR\\",\\"bet_transaction_id\\":\\"bet-1\\"}}"
   curl -s -H "X-Signature: $(sign "$B")" {base}/v1/providers/{DEMO_PROVIDER}/win -d "$B"; echo
-  # 5. balance (operator API): 102.50
+  # 5. the balance (operator API): 102.50
   curl -s -H "Authorization: Bearer $KEY" "{base}/v1/wallet/balance?brand_id=b1&player_id=alice&currency=EUR"; echo
 """
 

@@ -1,0 +1,61 @@
+# The front door: every way to run, test and measure the Game Gateway.
+# Needs only python3 (3.11+) and make; everything else is installed into .venv from the project's files.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test lint bench bench-ledger bench-e2e bench-hotpath build clean install help
+
+help:
+	@echo "make run     - the whole stack on this machine (gateway up)"
+	@echo "make test    - lint, type-check and the whole test suite against real servers"
+	@echo "make lint    - ruff, cython-lint and mypy"
+	@echo "make bench   - hot-path, ledger and end-to-end benchmarks (not part of make test)"
+	@echo "make build   - (re)build the Cython extensions in place"
+	@echo "make clean   - remove build products (keeps .venv and .gateway)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml setup.py
+	$(BIN)/pip install --quiet -e '.[embedded,dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+build: $(STAMP)
+	$(BIN)/python setup.py --quiet build_ext --inplace
+
+run: build
+	$(BIN)/gateway up
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/cython-lint hotpath
+	$(BIN)/mypy
+
+test: build
+	$(BIN)/ruff check .
+	$(BIN)/cython-lint hotpath
+	$(BIN)/mypy
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+	GATEWAY_NO_EXTENSIONS=1 $(BIN)/pytest -q tests/hotpath
+
+bench: build
+	$(BIN)/pytest benchmarks -q -p no:cacheprovider --benchmark-columns=min,median,mean,ops,rounds
+
+bench-hotpath: build
+	$(BIN)/pytest benchmarks/test_bench_hotpath.py -q -p no:cacheprovider
+
+bench-ledger: build
+	$(BIN)/python -m benchmarks.ledger_bench
+
+bench-e2e: build
+	$(BIN)/python -m benchmarks.e2e_bench
+
+clean:
+	rm -rf build *.egg-info hotpath/*.c hotpath/*.so .pytest_cache .mypy_cache .ruff_cache .benchmarks
