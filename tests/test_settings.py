@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from gateway.settings import Settings, SettingsError
+
+
+def test_defaults_and_env_parsing() -> None:
+    s = Settings.from_env({"GATEWAY_HTTP_PORT": "9090", "GATEWAY_REDIS_QUOTA_ENABLED": "true",
+                           "GATEWAY_BATCH_MAX_COMMANDS": "1_000", "PATH": "/bin"})
+    assert s.http_port == 9090 and s.redis_quota_enabled is True and s.batch_max_commands == 1000
+    assert Settings().http_port == 8080 and Settings().data_dir == ".gateway" and Settings().shards == 4
+
+
+def test_unknown_and_bad_keys_are_all_named() -> None:
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"GATEWAY_HTTP_PROT": "1", "GATEWAY_SHARDS": "four", "GATEWAY_NO_EXTENSIONS": "1"})
+    text = str(err.value)
+    assert "GATEWAY_HTTP_PROT: unknown setting" in text and "GATEWAY_SHARDS" in text
+    assert "NO_EXTENSIONS" not in text
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"GATEWAY_HTTP_PORT": "70000"}, "HTTP_PORT"),
+        ({"GATEWAY_SHARDS": "0"}, "SHARDS"),
+        ({"GATEWAY_BATCH_MAX_BYTES": "9000000"}, "BATCH_MAX_BYTES"),
+        ({"GATEWAY_API_KEYS": "short:operator"}, "API_KEYS"),
+        ({"GATEWAY_API_KEYS": "longenoughkey:root"}, "API_KEYS"),
+        ({"GATEWAY_LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"GATEWAY_PG_DSNS": "0-1=postgresql://a/b", "GATEWAY_SHARDS": "4"}, "no DSN for shard(s) [2, 3]"),
+        ({"GATEWAY_REDIS_QUOTA_ENABLED": "maybe"}, "REDIS_QUOTA_ENABLED"),
+    ],
+)
+def test_validation(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(needle)):
+        Settings.from_env(env)
+
+
+def test_shard_dsn_map() -> None:
+    s = Settings(pg_dsns="0-1=postgresql://a/x;2-3=postgresql://b/y", shards=4)
+    assert s.shard_dsns() == {0: "postgresql://a/x", 1: "postgresql://a/x", 2: "postgresql://b/y",
+                              3: "postgresql://b/y"}
+    assert Settings(pg_dsns="postgresql://a/x", shards=2).shard_dsns() == {0: "postgresql://a/x",
+                                                                          1: "postgresql://a/x"}
+
+
+def test_api_key_roles_and_round_trip_through_env() -> None:
+    s = Settings(api_keys="operator-key-1:operator, admin-key-123:admin", shards=3)
+    assert s.api_key_roles == {"operator-key-1": "operator", "admin-key-123": "admin"}
+    assert Settings.from_env(s.env()) == s
