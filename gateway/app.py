@@ -22,7 +22,7 @@ from gateway import errors as E
 from gateway.degradation import Degradation
 from gateway.guards import Guards
 from gateway.health import healthz, readyz
-from gateway.http import error_response, json_response
+from gateway.http import Handler, error_response, json_response
 from gateway.ledger_client import LedgerClient
 from gateway.metrics import metrics_handler, metrics_middleware
 from gateway.monitor import Monitor
@@ -38,9 +38,10 @@ log = logging.getLogger(__name__)
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
     except E.GatewayError as exc:
         return error_response(exc)
     except web.HTTPException as exc:

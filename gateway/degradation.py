@@ -45,7 +45,7 @@ class Degradation:
         self._entries: dict[tuple[str, str], ModeEntry] = {}
         self.changes = 0
 
-    def set(self, scope: str, mode: str, source: str, reason: str = "") -> bool:
+    def set_mode(self, scope: str, mode: str, source: str, reason: str = "") -> bool:
         """Set (or with ``normal`` clear) one source's mode for a scope; True when something changed."""
         if mode not in MODES or source not in SOURCES:
             raise BadInput(f"mode must be one of {MODES}, source one of {SOURCES}")

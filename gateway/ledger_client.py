@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -23,7 +24,9 @@ import nats
 import nats.errors
 import nats.js.errors
 import orjson
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from gateway.errors import LedgerTimeout, Overloaded
 from gateway.settings import Settings
@@ -56,7 +59,7 @@ class _ShardState:
 
 
 class LedgerClient:
-    def __init__(self, settings: Settings, nc: nats.NATS) -> None:
+    def __init__(self, settings: Settings, nc: NATS) -> None:
         self.settings = settings
         self.nc = nc
         self.js = nc.jetstream()
@@ -73,7 +76,7 @@ class LedgerClient:
         self._instance = settings.instance_id or uuid.uuid4().hex[:12]
         self.reply_subject = f"{transport.subject_prefix(settings)}_GW.{self._instance}.results"
         self._tasks: list[asyncio.Task[None]] = []
-        self._sub: nats.aio.subscription.Subscription | None = None
+        self._sub: Subscription | None = None
         self.published = 0
         self.timeouts = 0
         self.closing = False
@@ -89,7 +92,7 @@ class LedgerClient:
         """Stop taking commands; wait for the queued and in-flight ones to be answered."""
         self.closing = True
         deadline = time.monotonic() + timeout_s
-        while self._waiting and time.monotonic() < deadline:
+        while self._waiting and time.monotonic() < deadline:  # noqa: ASYNC110 - futures finish elsewhere
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:
@@ -170,9 +173,9 @@ class LedgerClient:
         st = self._state[batch.shard]
         st.inflight += 1
         task = asyncio.create_task(self._publish(batch))
-        task.add_done_callback(lambda _t, s=st: self._release(s))
+        task.add_done_callback(functools.partial(self._release, st))
 
-    def _release(self, st: _ShardState) -> None:
+    def _release(self, st: _ShardState, _task: asyncio.Task[None]) -> None:
         st.inflight -= 1
         st.slot_free.set()
         st.wake.set()

@@ -8,6 +8,7 @@ from collections import defaultdict
 from aiohttp import web
 
 from gateway.degradation import MODES
+from gateway.http import Handler
 from gateway.state import STATE_KEY
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
@@ -22,9 +23,9 @@ def _route_label(request: web.Request) -> str:
 
 
 @web.middleware
-async def metrics_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     start = time.perf_counter()
-    response = await handler(request)
+    response: web.StreamResponse = await handler(request)
     elapsed = time.perf_counter() - start
     label = _route_label(request)
     _requests[(label, response.status)] += 1

@@ -62,12 +62,12 @@ class Monitor:
             self._calm_since = None
             self._pressure_since = self._pressure_since or now
             if now - self._pressure_since >= persist:
-                st.degradation.set("global", NO_NEW_SESSIONS, "auto", "ledger lag or shedding persisted")
+                st.degradation.set_mode("global", NO_NEW_SESSIONS, "auto", "ledger lag or shedding persisted")
         else:
             self._pressure_since = None
             self._calm_since = self._calm_since or now
             if now - self._calm_since >= persist:
-                st.degradation.set("global", NORMAL, "auto")
+                st.degradation.set_mode("global", NORMAL, "auto")
 
     async def _health_loop(self, providers: list, interval: float) -> None:  # type: ignore[type-arg]
         timeout = aiohttp.ClientTimeout(total=max(1.0, interval / 2))
@@ -91,6 +91,6 @@ class Monitor:
         self.health[provider_id] = (fails, oks)
         scope = f"provider:{provider_id}"
         if fails >= s.health_fail_threshold:
-            self.state.degradation.set(scope, NO_NEW_SESSIONS, "health", f"{fails} failed health checks")
+            self.state.degradation.set_mode(scope, NO_NEW_SESSIONS, "health", f"{fails} failed health checks")
         elif oks >= s.health_ok_threshold:
-            self.state.degradation.set(scope, NORMAL, "health")
+            self.state.degradation.set_mode(scope, NORMAL, "health")

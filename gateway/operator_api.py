@@ -10,7 +10,7 @@ the ledger, so a racing bet never sees a half-applied change).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -18,13 +18,12 @@ from aiohttp import web
 from adapters.base import PlayerSession
 from gateway import errors as E
 from gateway.degradation import scope_name
-from gateway.http import error_response, field, json_response, read_json
+from gateway.http import Handler, error_response, field, json_response, read_json
 from gateway.money import exponent, format_minor, to_minor
 from gateway.settings import SETTINGS_KEY
 from gateway.state import STATE_KEY
 from ledger.commands import Kind
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MONEY_LIMITS = ("loss_day", "loss_week", "loss_month", "max_stake")
 OPERATOR_PROVIDER = "operator"
 
@@ -190,7 +189,7 @@ async def set_degradation(request: web.Request) -> web.StreamResponse:
     kind, _, ident = scope.partition(":")
     mode = field(body, "mode")
     state = request.app[STATE_KEY]
-    changed = state.degradation.set(scope_name(kind, ident), mode, "admin",
+    changed = state.degradation.set_mode(scope_name(kind, ident), mode, "admin",
                                     field(body, "reason", max_len=500, required=False))
     return json_response({"changed": changed, **state.degradation.snapshot()})
 

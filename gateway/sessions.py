@@ -33,7 +33,7 @@ def _dump(s: PlayerSession) -> bytes:
     return orjson.dumps(dataclasses.asdict(s))
 
 
-def _load(raw: bytes) -> PlayerSession:
+def _load(raw: bytes | str) -> PlayerSession:
     return PlayerSession(**orjson.loads(raw))
 
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import nats
 import redis.asyncio as redis
 from aiohttp import web
+from nats.aio.client import Client as NATS
 
 from adapters.base import ProviderConfig
 from gateway.degradation import Degradation
@@ -22,7 +22,7 @@ from gateway.wallet import Wallet
 class GatewayState:
     settings: Settings
     providers: dict[str, ProviderConfig]
-    nc: nats.NATS
+    nc: NATS
     redis: redis.Redis
     pools: dict[int, asyncpg.Pool]
     ledger: LedgerClient

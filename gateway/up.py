@@ -36,7 +36,7 @@ def dev_defaults(settings: Settings, data: Path) -> Settings:
         admin = _dev_file(data / "admin.key", secrets.token_urlsafe(18))
         changes["api_keys"] = f"{op}:operator,{admin}:admin"
     if not settings.providers_file:
-        secret = _dev_file(data / "demo.secret", secrets.token_urlsafe(24))
+        _dev_file(data / "demo.secret", secrets.token_urlsafe(24))
         path = data / "providers.toml"
         path.write_text(
             "# Written by `gateway up` for local play; point GATEWAY_PROVIDERS_FILE at your own file.\n"

@@ -141,7 +141,7 @@ async def load_state(conn: asyncpg.Connection, cmds: Sequence[Command], today: d
 
 
 async def allocate_tx_ids(conn: asyncpg.Connection, n: int, shard: int) -> list[int]:
-    """Ledger transaction numbers, unique across shards (sequence × 1024 + shard)."""
+    """Ledger transaction numbers, unique across shards (sequence * 1024 + shard)."""
     rows = await conn.fetch("SELECT nextval('ledger_tx_seq') AS v FROM generate_series(1, $1)", n)
     return [r["v"] * 1024 + shard for r in rows]
 

@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 import nats
 import orjson
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -132,7 +133,7 @@ def decode_batch(data: bytes) -> tuple[list[Command], list[Result]]:
 class ShardWriter:
     """Pull loop of one shard: lock, fetch, apply, reply, ack."""
 
-    def __init__(self, settings: Settings, shard: int, dsn: str, nc: nats.NATS) -> None:
+    def __init__(self, settings: Settings, shard: int, dsn: str, nc: NATS) -> None:
         self.settings = settings
         self.shard = shard
         self.dsn = dsn

@@ -14,8 +14,8 @@ import os
 import secrets
 import sys
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,7 +106,6 @@ def redis_url(embedded_dir: Path) -> Iterator[str]:
 
 from adapters.base import ProviderConfig  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
-
 from tests.support import ADMIN_KEY, DEMO_SECRET, OPERATOR_KEY, Api  # noqa: E402
 
 
