@@ -11,6 +11,7 @@ original transaction id and the current balance.
 from __future__ import annotations
 
 import hashlib
+import logging
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
@@ -25,6 +26,7 @@ from gateway import errors as E
 from gateway.money import exponent, format_minor, to_minor
 from ledger.commands import Kind, Result
 
+log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Signature"
 OK = "OK"
 
@@ -88,6 +90,9 @@ class NativeAdapter(Adapter):
                 return _json(200, {"status": OK, **await handler(body, request)})
             except E.GatewayError as exc:
                 return self.render_error(exc)
+            except Exception:
+                log.exception("native %s: unhandled error on %s", self.config.id, request.path)
+                return self.render_error(E.InternalError())
 
         return endpoint
 

@@ -6,6 +6,7 @@ currency's ISO 4217 exponent cannot hold them exactly.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 
 from gateway.errors import InvalidAmount, UnknownCurrency
@@ -23,6 +24,8 @@ CURRENCY_EXPONENTS: dict[str, int] = {
 }
 
 _MAX_TEXT = 40
+#: plain positional notation only: no exponent, sign-plus, spaces, underscores or NaN/Infinity
+_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 
 
 def exponent(currency: str) -> int:
@@ -42,8 +45,8 @@ def to_minor(value: str | Decimal | int, currency: str, *, allow_negative: bool 
     elif isinstance(value, Decimal):
         dec = value
     elif isinstance(value, str):
-        if not value or len(value) > _MAX_TEXT or value.strip() != value:
-            raise InvalidAmount(f"amount {value!r} is not a decimal")
+        if len(value) > _MAX_TEXT or not _DECIMAL.fullmatch(value):
+            raise InvalidAmount(f"amount {value!r} is not a plain decimal (digits, optional fraction)")
         try:
             dec = Decimal(value)
         except InvalidOperation:

@@ -71,11 +71,13 @@ class OutboxRelay:
         if not rows:
             return 0
         stream = transport.stream_name(self.settings, self.settings.events_stream_name)
-        await asyncio.gather(*(
-            self.js.publish(r["subject"], bytes(r["payload"]), stream=stream,
-                            headers={transport.MSG_ID_HEADER: r["event_id"]})
+        # pipelined: every publish goes out before the first ack is awaited
+        acks = [
+            await self.js.publish_async(r["subject"], bytes(r["payload"]), stream=stream,
+                                        headers={transport.MSG_ID_HEADER: r["event_id"]})
             for r in rows
-        ))
+        ]
+        await asyncio.wait_for(asyncio.gather(*acks), 10.0)
         await conn.execute("UPDATE outbox_cursor SET last_seq = $1 WHERE id = 1", rows[-1]["seq"])
         self.published += len(rows)
         return len(rows)

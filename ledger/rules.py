@@ -139,28 +139,30 @@ class Engine:
         self._tx_ids = iter(tx_ids)
         self.cooling_off_ms = cooling_off_ms
         self.events_prefix = events_prefix
+        self._handlers = {
+            Kind.BET: self._bet, Kind.WIN: self._win, Kind.ROLLBACK: self._rollback,
+            Kind.END_ROUND: self._end_round, Kind.DEPOSIT: self._deposit, Kind.WITHDRAW: self._withdraw,
+            Kind.RG_SET: self._rg_set,
+        }
 
     # ------------------------------------------------------------------ entry point
     def apply(self, cmd: Command) -> Result:
         key = (cmd.brand_id, cmd.provider_id, cmd.tx_id)
+        request_hash = cmd.request_hash()
         prior = self.s.txs.get(key)
         if prior is not None:
-            if prior.request_hash != cmd.request_hash():
+            if prior.request_hash != request_hash:
                 return self._result(cmd, Status.CONFLICT, 0, detail="transaction id reused with other details")
             # a redelivered batch (writer died between commit and ack) carries the same attempt id:
             # that is the first answer the caller sees, not a provider retry
             return self._result(cmd, prior.status, prior.ledger_tx, duplicate=prior.cmd_id != cmd.cmd_id,
                                 player_id=prior.player_id, currency=prior.currency)
-        handler = {
-            Kind.BET: self._bet, Kind.WIN: self._win, Kind.ROLLBACK: self._rollback,
-            Kind.END_ROUND: self._end_round, Kind.DEPOSIT: self._deposit, Kind.WITHDRAW: self._withdraw,
-            Kind.RG_SET: self._rg_set,
-        }[cmd.kind]
+        handler = self._handlers[cmd.kind]
         ledger_tx = next(self._tx_ids)
         status = handler(cmd, ledger_tx)
-        self.s.txs[key] = PriorTx(ledger_tx, status, cmd.request_hash(), cmd.player_id, cmd.currency, cmd.cmd_id)
+        self.s.txs[key] = PriorTx(ledger_tx, status, request_hash, cmd.player_id, cmd.currency, cmd.cmd_id)
         self.m.txs.append((
-            ledger_tx, cmd.brand_id, cmd.provider_id, cmd.tx_id, str(cmd.kind), str(status), cmd.request_hash(),
+            ledger_tx, cmd.brand_id, cmd.provider_id, cmd.tx_id, cmd.kind.value, status.value, request_hash,
             cmd.tenant_id, cmd.license, cmd.player_id, cmd.currency, cmd.round_id, cmd.ref_tx_id, cmd.amount,
             cmd.credit_type, self.batch_seq, cmd.traceparent, cmd.cmd_id,
         ))

@@ -103,12 +103,11 @@ def _containers(resource: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _split_image(image: str) -> tuple[str, str]:
-    name, _, digest = image.partition("@")
-    slash = name.rfind("/")
-    colon = name.rfind(":")
-    if colon > slash:
-        return name[:colon], name[colon:]
-    return name, ("@" + digest) if digest else ""
+    """``registry:5000/name:tag@sha256:...`` -> (``registry:5000/name``, ``:tag@sha256:...``)."""
+    ref, at, digest = image.partition("@")
+    slash, colon = ref.rfind("/"), ref.rfind(":")
+    name, tag = (ref[:colon], ref[colon:]) if colon > slash else (ref, "")
+    return name, tag + at + digest
 
 
 def build(path: Path) -> list[dict[str, Any]]:

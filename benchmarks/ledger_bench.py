@@ -1,0 +1,142 @@
+"""Ledger throughput: one shard writer with group commit vs. one PostgreSQL transaction per settlement.
+
+Both write the same schema on the same embedded PostgreSQL (durable settings: fsync on). The batched
+writer's commands are already in JetStream; the clock runs from starting the writer to the last
+result published to the reply subject (committed AND answered). The naive writer applies the same
+kind of settlement, one per transaction, through the same rules engine.
+
+    python -m benchmarks.ledger_bench [--commands 20000] [--naive 1500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import nats
+import orjson
+
+from gateway import embedded
+from gateway.settings import Settings
+from ledger import transport
+from ledger.commands import Command, Kind
+from ledger.migrate import migrate_all
+from ledger.sharding import connect
+from ledger.writer import BatchApplier, ShardWriter
+
+PLAYERS = 2000
+
+
+def _cmd(kind: Kind, player: str, tx: str, amount: int, **kw: object) -> Command:
+    fields: dict[str, object] = dict(
+        cmd_id=uuid.uuid4().hex, kind=kind, tenant_id="t1", brand_id="b1", license="MGA", player_id=player,
+        currency="EUR", provider_id="bench", tx_id=tx, round_id=f"r-{tx}",
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", amount=amount)
+    fields.update(kw)
+    return Command(**fields)  # type: ignore[arg-type]
+
+
+def settlements(n: int, tag: str) -> list[Command]:
+    """Alternating bets and the wins that settle them, spread over the players."""
+    out = []
+    for i in range(n // 2):
+        player = f"p{i % PLAYERS}"
+        out.append(_cmd(Kind.BET, player, f"{tag}-b{i}", 100))
+        out.append(_cmd(Kind.WIN, player, f"{tag}-w{i}", 150, ref_tx_id=f"{tag}-b{i}", round_id=f"r-{tag}-b{i}"))
+    return out
+
+
+async def fund(applier: BatchApplier) -> None:
+    deposits = [_cmd(Kind.DEPOSIT, f"p{i}", f"dep-{i}", 10_000_000, provider_id="operator") for i in range(PLAYERS)]
+    for i in range(0, len(deposits), 500):
+        await applier.apply(deposits[i:i + 500])
+
+
+async def bench_batched(settings: Settings, dsn: str, n: int, per_msg: int) -> float:
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    await transport.ensure_streams(js, settings)
+    await js.add_consumer(transport.stream_name(settings, settings.stream_name), transport.consumer_config(settings, 0))
+    conn = await connect(dsn, 0)
+    await fund(BatchApplier(conn, 0, settings))
+    await conn.close()
+    reply = f"bench.results.{uuid.uuid4().hex[:6]}"
+    done = asyncio.Event()
+    answered = 0
+    last = 0.0
+
+    async def on_results(msg: nats.aio.msg.Msg) -> None:
+        nonlocal answered, last
+        answered += len(orjson.loads(msg.data))
+        if answered >= n:
+            last = time.perf_counter()
+            done.set()
+
+    await nc.subscribe(reply, cb=on_results)
+    cmds = settlements(n, "batched")
+    subject = transport.cmd_subject(settings, 0)
+    for i in range(0, n, per_msg):
+        body = b"[" + b",".join(orjson.dumps(c.to_wire()) for c in cmds[i:i + per_msg]) + b"]"
+        await js.publish(subject, body, headers={transport.MSG_ID_HEADER: f"m{i}", transport.REPLY_HEADER: reply})
+    writer = ShardWriter(settings, 0, dsn, nc)
+    start = time.perf_counter()
+    task = asyncio.create_task(writer.run())
+    await asyncio.wait_for(done.wait(), 600)
+    writer.stop()
+    await task
+    await nc.drain()
+    return n / (last - start)
+
+
+async def bench_naive(settings: Settings, dsn: str, n: int) -> float:
+    conn = await connect(dsn, 0)
+    applier = BatchApplier(conn, 0, settings)
+    await fund(applier)
+    cmds = settlements(n, "naive")
+    start = time.perf_counter()
+    for cmd in cmds:
+        await applier.apply([cmd])
+    elapsed = time.perf_counter() - start
+    await conn.close()
+    return n / elapsed
+
+
+async def main_async(args: argparse.Namespace, stack: embedded.EmbeddedStack) -> None:
+    results = {}
+    for name in ("batched", "naive"):
+        dsn = await embedded.create_database(stack.pg_dsn, f"bench_{name}_{uuid.uuid4().hex[:6]}")
+        s = Settings(nats_url=stack.nats_url, pg_dsns=dsn, redis_url="", shards=1, namespace=f"b{uuid.uuid4().hex[:6]}",
+                     writer_fetch_msgs=args.fetch, log_level="WARNING")
+        await migrate_all(s.shard_dsns())
+        if name == "batched":
+            results[name] = await bench_batched(s, dsn, args.commands, args.per_msg)
+        else:
+            results[name] = await bench_naive(s, dsn, args.naive)
+    print(f"\nledger: one shard writer, durable PostgreSQL (fsync on), {args.commands} settlements "
+          f"({args.per_msg} per JetStream message)")
+    print(f"  batched writer (group commit)   {results['batched']:>10,.0f} settlements/s")
+    print(f"  naive (1 transaction each)      {results['naive']:>10,.0f} settlements/s  ({args.naive} settlements)")
+    print(f"  ratio                           {results['batched'] / results['naive']:>10.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--commands", type=int, default=20_000)
+    parser.add_argument("--naive", type=int, default=1_500)
+    parser.add_argument("--per-msg", type=int, default=256)
+    parser.add_argument("--fetch", type=int, default=8)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
+        stack = embedded.EmbeddedStack(Path(tmp), fast=False).start()
+        try:
+            asyncio.run(main_async(args, stack))
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()
