@@ -145,8 +145,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings()
     _need(settings, "pg_dsns")
     from ledger.migrate import migrate_all
+    from ledger.sharding import parse_shard_range
 
-    applied = asyncio.run(migrate_all(settings.shard_dsns()))
+    dsns = settings.shard_dsns()
+    shards = parse_shard_range(args.shards, settings.shards)
+    applied = asyncio.run(migrate_all({s: dsns[s] for s in shards}))
     for shard, versions in applied.items():
         print(f"shard {shard}: " + (f"applied {versions}" if versions else "up to date"))
     return 0
@@ -181,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("ledger", help="ledger writers only")
     p.add_argument("--shards", default="all", help="e.g. 0-3, 1,3 or all")
     p.set_defaults(func=cmd_ledger)
-    sub.add_parser("migrate", help="apply SQL migrations to every shard").set_defaults(func=cmd_migrate)
+    p = sub.add_parser("migrate", help="apply SQL migrations to the shards' schemas")
+    p.add_argument("--shards", default="all", help="e.g. 0-1 (default: all)")
+    p.set_defaults(func=cmd_migrate)
     sub.add_parser("reconcile", help="check every ledger invariant").set_defaults(func=cmd_reconcile)
     args = parser.parse_args(argv)
     result: int = args.func(args)

@@ -59,6 +59,10 @@ class Settings:
     writer_pool_size: int = 2
     #: how long JetStream waits for a writer's ack before redelivering a batch to the next writer
     writer_ack_wait_s: int = 10
+    #: port of the writer process's /healthz, /readyz and /metrics (0: none, as under ``gateway up``)
+    writer_http_port: int = 0
+    #: JetStream replicas of both streams (3 in a production cluster)
+    stream_replicas: int = 1
     outbox_poll_ms: int = 50
 
     # --- sessions --------------------------------------------------------------------------------
@@ -111,6 +115,8 @@ class Settings:
 
         need(0 < self.http_port < 65536, "http_port", "must be a TCP port (1-65535)")
         need(1 <= self.shards <= 1024, "shards", "must be between 1 and 1024")
+        need(0 <= self.writer_http_port < 65536, "writer_http_port", "must be 0 (off) or a TCP port")
+        need(self.stream_replicas in (1, 3, 5), "stream_replicas", "must be 1, 3 or 5")
         need(1 <= self.workers <= 64, "workers", "must be between 1 and 64")
         need(1 <= self.batch_max_commands <= 10_000, "batch_max_commands", "must be 1..10000")
         need(1024 <= self.batch_max_bytes <= 1024 * 1024, "batch_max_bytes",

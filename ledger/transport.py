@@ -54,6 +54,7 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
         duplicate_window=float(settings.stream_duplicate_window_s),
         max_msgs=settings.stream_max_msgs,
         max_msg_size=settings.batch_max_bytes + 64 * 1024,
+        num_replicas=settings.stream_replicas,
     )
     events = StreamConfig(
         name=stream_name(settings, settings.events_stream_name),
@@ -62,6 +63,7 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
         storage=StorageType.FILE,
         duplicate_window=float(settings.stream_duplicate_window_s),
         max_age=7 * 24 * 3600.0,
+        num_replicas=settings.stream_replicas,
     )
     for cfg in (ledger, events):
         try:

@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 import nats
 import orjson
+from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -245,10 +246,45 @@ async def run_writers(settings: Settings, shards: Sequence[int], stop: asyncio.E
                               transport.consumer_config(settings, shard))
     writers = [ShardWriter(settings, shard, dsns[shard], nc) for shard in shards]
     tasks = [asyncio.create_task(w.run(), name=f"writer-{w.shard}") for w in writers]
+    runner = await serve_health(settings, nc, writers) if settings.writer_http_port else None
     try:
         await stop.wait()
     finally:
         for w in writers:
             w.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if runner is not None:
+            await runner.cleanup()
         await nc.drain()
+
+
+async def serve_health(settings: Settings, nc: NATS, writers: Sequence[ShardWriter]) -> web.AppRunner:
+    """/healthz (alive), /readyz (NATS up and every shard's writer holding its lock) and /metrics."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        shards = {str(w.shard): "active" if w.active else "standby" for w in writers}
+        ready = nc.is_connected and all(w.active for w in writers)
+        return web.json_response({"status": "ready" if ready else "not ready", "nats": nc.is_connected,
+                                  "shards": shards}, status=200 if ready else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        lines = ["# TYPE ledger_writer_applied_total counter"]
+        for w in writers:
+            lines.append(f'ledger_writer_applied_total{{shard="{w.shard}"}} {w.applied}')
+            lines.append(f'ledger_writer_batches_total{{shard="{w.shard}"}} {w.batches}')
+            lines.append(f'ledger_writer_active{{shard="{w.shard}"}} {int(w.active)}')
+            published = w.relay.published if w.relay else 0
+            lines.append(f'ledger_outbox_published_total{{shard="{w.shard}"}} {published}')
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.http_host, settings.writer_http_port).start()
+    return runner

@@ -215,3 +215,29 @@ async def test_money_movements_are_streamed_as_events(api: Api, gateway: Any) ->
     assert len(bets) == 1
     assert bets[0]["amount"] == 200 and bets[0]["balance"] == 800 and bets[0]["v"] == 1
     assert bets[0]["license"] == "MGA" and bets[0]["traceparent"].startswith("00-")
+
+
+async def test_writer_process_serves_health_and_metrics(own_db: Settings, http: Any) -> None:
+    from ledger.writer import run_writers
+
+    s = own_db.replace(writer_http_port=embedded.free_port())
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_writers(s, range(s.shards), stop))
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                async with http.get(f"http://127.0.0.1:{s.writer_http_port}/readyz") as resp:
+                    body = await resp.json()
+                    if resp.status == 200:
+                        break
+            except OSError:
+                body = None
+            assert time.monotonic() < deadline, body
+            await asyncio.sleep(0.1)
+        assert body["shards"] == {"0": "active", "1": "active"}
+        async with http.get(f"http://127.0.0.1:{s.writer_http_port}/metrics") as resp:
+            assert 'ledger_writer_active{shard="1"} 1' in await resp.text()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

@@ -20,7 +20,9 @@ def test_exact_conversion(text: str, currency: str, minor: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["1.001", "-1", "1e-3", "1e2", "+1", "1_0", "abc", "", " 1", "NaN", "Infinity", "1" * 41, "92233720368547758.08"])
+    "text",
+    ["1.001", "-1", "1e-3", "1e2", "+1", "1_0", "abc", "", " 1", "NaN", "Infinity", "1" * 41, "92233720368547758.08"],
+)
 def test_refused(text: str) -> None:
     with pytest.raises(InvalidAmount):
         to_minor(text, "EUR")
