@@ -6,6 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 PYTEST_ARGS ?=
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: run test lint bench bench-ledger bench-e2e bench-hotpath build clean install help
 

@@ -1,0 +1,9 @@
+from typing import Final
+
+__all__ = ("MAX_BUCKETS", "fnv1a_64", "jump", "shard_for")
+
+MAX_BUCKETS: Final[int]
+
+def fnv1a_64(data: str) -> int: ...
+def jump(key: int, buckets: int) -> int: ...
+def shard_for(player_id: str, shards: int) -> int: ...
