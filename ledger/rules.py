@@ -225,7 +225,8 @@ class Engine:
             if bet is not None:
                 rkey = (cmd.brand_id, cmd.provider_id, bet.round_id)
                 rnd = self.s.rounds.get(rkey)
-        elif not cmd.free_round:
+        elif not cmd.free_round and cmd.credit_type == "win":
+            # a plain win settles a round's bets; bonus, jackpot, promo and adjustment credits need none
             if rnd is None or rnd.bet_count == 0:
                 return Status.ROUND_NOT_FOUND
             if rnd.live_bets == 0:

@@ -127,3 +127,10 @@ def test_events_name_every_money_movement() -> None:
     assert types == ["bet.placed", "wallet.debited", "bet.settled", "wallet.credited", "bet.placed",
                      "wallet.debited", "bet.rolled_back", "wallet.credited"]
     assert all(subject.startswith("events.t.b.") for _, subject, _ in e.m.events)
+
+
+def test_jackpot_and_promo_credits_need_no_bet() -> None:
+    e = engine()
+    assert e.apply(cmd(Kind.WIN, "j1", 500, round_id="jp", credit_type="jackpot")).status is Status.OK
+    assert e.apply(cmd(Kind.WIN, "p1", 100, round_id="promo-1", credit_type="promo")).balance == 1600
+    assert e.apply(cmd(Kind.WIN, "w1", 100, round_id="plain")).status is Status.ROUND_NOT_FOUND

@@ -1,0 +1,1 @@
+"""Locust scenarios: simulated providers and players driving a running gateway."""
