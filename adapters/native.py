@@ -11,8 +11,8 @@ original transaction id and the current balance.
 from __future__ import annotations
 
 import hashlib
-import logging
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 

@@ -1,0 +1,392 @@
+"""Evolution one-wallet: JSON with exact decimal numbers, static ``authToken``, settlement by ``refId``.
+
+The query's ``authToken`` is compared in constant time before the body is read. Bodies are parsed so that
+numbers keep their exact decimal text (``Decimal``, never float) and amounts become minor units without
+rounding; balances are written back as exact JSON numbers. Every answer is HTTP 200 with a ``status``
+except a body that is not JSON at all (HTTP 400), because Evolution acts on the status.
+
+A bet's identity is its ``refId``, not the per-call ``transaction.id``: the debit is keyed
+``debit:<refId>``, so a repeated debit is a duplicate (``BET_ALREADY_EXIST``) whatever its transaction id,
+and credits and cancels (keyed by their own transaction id) reference ``debit:<refId>`` with
+single-settlement semantics: the first of them settles the bet, every later one is
+``BET_ALREADY_SETTLED``, a cancel of a ``refId`` never seen leaves a tombstone (``BET_DOES_NOT_EXIST``)
+that refuses the late debit (``FINAL_ERROR_ACTION_FAILED``). Credits and cancels never depend on the sid
+being alive; debits, balance and check do.
+
+The module also holds ``EvolutionClient``, the provider side, for tests and load generation.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from adapters import flow
+from adapters.base import Adapter, PlayerSession, ProviderConfig, WalletPort
+from adapters.flow import Call
+from adapters.jsonwire import Raw, dumps, loads_exact, money, obj
+from gateway import errors as e
+from gateway.money import format_minor, to_minor
+from ledger.commands import Command, Kind, Result
+
+log = logging.getLogger(__name__)
+
+OK = "OK"
+MAX_TEXT = 128
+
+Reply = list[tuple[str, Any]]
+
+
+class _Answer(Exception):
+    """A ledger outcome answered with a non-OK status (after per-call overrides); internal."""
+
+    def __init__(self, status: str, result: Result) -> None:
+        super().__init__(status)
+        self.status = status
+        self.result = result
+
+
+def _text(obj: Mapping[str, Any], name: str, where: str = "") -> str:
+    value = obj.get(name)
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
+        raise e.MalformedBody(f"{where}{name} must be a non-empty string of at most {MAX_TEXT} characters")
+    return value
+
+
+def _object(obj: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = obj.get(name)
+    if not isinstance(value, dict):
+        raise e.MalformedBody(f"{name} must be an object")
+    return value
+
+
+def _opt_object(obj: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    return None if obj.get(name) is None else _object(obj, name)
+
+
+def _number(obj: Mapping[str, Any], name: str, where: str) -> Decimal | int:
+    value = obj.get(name)
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+        raise e.MalformedBody(f"{where}{name} must be a JSON number")
+    return value
+
+
+class EvolutionAdapter(Adapter):
+    protocol = "evolution"
+    OK: ClassVar[str] = OK
+
+    ERRORS: ClassVar[dict[type[e.GatewayError], str]] = {
+        e.GatewayError: "UNKNOWN_ERROR",
+        e.InternalError: "UNKNOWN_ERROR",
+        # bad input
+        e.BadInput: "INVALID_PARAMETER",
+        e.MalformedBody: "INVALID_PARAMETER",
+        e.InvalidAmount: "INVALID_PARAMETER",
+        e.UnknownCurrency: "INVALID_PARAMETER",
+        e.WrongCurrency: "INVALID_PARAMETER",
+        e.PayloadTooLarge: "INVALID_PARAMETER",
+        e.NotFound: "INVALID_PARAMETER",
+        e.UnknownGame: "INVALID_PARAMETER",
+        e.InvalidSignature: "INVALID_TOKEN_ID",
+        e.Unauthorized: "INVALID_TOKEN_ID",
+        e.Forbidden: "INVALID_TOKEN_ID",
+        e.InvalidToken: "INVALID_SID",
+        e.TokenExpired: "INVALID_SID",
+        e.UnknownPlayer: "INVALID_SID",
+        # retryable
+        e.Retryable: "TEMPORARY_ERROR",
+        e.RateLimited: "TEMPORARY_ERROR",
+        e.Overloaded: "TEMPORARY_ERROR",
+        e.LedgerTimeout: "TEMPORARY_ERROR",
+        e.BetsPaused: "TEMPORARY_ERROR",
+        e.NoNewSessions: "TEMPORARY_ERROR",
+        # refusals
+        e.Refused: "FINAL_ERROR_ACTION_FAILED",
+        e.InsufficientFunds: "INSUFFICIENT_FUNDS",
+        e.LimitReached: "CASINO_LIMIT_EXCEEDED_TURNOVER",
+        e.SelfExcluded: "ACCOUNT_LOCKED",
+        e.LossLimitReached: "CASINO_LIMIT_EXCEEDED_LOSS",
+        e.StakeLimitExceeded: "CASINO_LIMIT_EXCEEDED_STAKE",
+        e.SessionTimeLimit: "CASINO_LIMIT_EXCEEDED_SESSION_TIME",
+        # a debit whose refId was cancelled before it arrived
+        e.TransactionRolledBack: "FINAL_ERROR_ACTION_FAILED",
+        e.BetNotFound: "BET_DOES_NOT_EXIST",
+        e.RoundNotFound: "BET_DOES_NOT_EXIST",
+        e.BetAlreadySettled: "BET_ALREADY_SETTLED",
+        e.RoundClosed: "FINAL_ERROR_ACTION_FAILED",
+        e.RollbackOfUnknown: "BET_DOES_NOT_EXIST",
+        e.AlreadyRolledBack: "BET_ALREADY_SETTLED",
+        # a retried credit, cancel or promo payout; a retried debit is BET_ALREADY_EXIST (override)
+        e.Duplicate: "BET_ALREADY_SETTLED",
+        e.IdempotencyConflict: "BET_ALREADY_EXIST",
+    }
+    DEBIT_OVERRIDES: ClassVar[dict[type[e.GatewayError], str]] = {e.Duplicate: "BET_ALREADY_EXIST"}
+    #: a credit of a cancelled bet: the bet was settled by its cancel
+    CREDIT_OVERRIDES: ClassVar[dict[type[e.GatewayError], str]] = {
+        e.TransactionRolledBack: "BET_ALREADY_SETTLED",
+    }
+
+    def __init__(self, config: ProviderConfig, wallet: WalletPort) -> None:
+        super().__init__(config, wallet)
+        if not config.secret:
+            raise ValueError(f"evolution provider {config.id} needs a secret (its authToken)")
+        self._token = config.secret.encode()
+        self._rotate = bool(config.options.get("rotate_sid_on_check", False))
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        ops: dict[str, Callable[[web.Request, dict[str, Any]], Awaitable[Reply]]] = {
+            "/check": self._check, "/balance": self._balance, "/debit": self._debit,
+            "/credit": self._credit, "/cancel": self._cancel, "/promo_payout": self._promo_payout,
+        }
+        return [web.post(path, self._endpoint(op)) for path, op in ops.items()]
+
+    # --- the envelope ------------------------------------------------------------------------------
+    def _endpoint(
+        self, op: Callable[[web.Request, dict[str, Any]], Awaitable[Reply]]
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self._handle(request, op)
+
+        handler.__name__ = f"evolution{op.__name__}"
+        return handler
+
+    def verify(self, token: str | None) -> None:
+        if not token:
+            raise e.Unauthorized("missing authToken")
+        if not hmac.compare_digest(self._token, token.encode()):
+            raise e.InvalidSignature("wrong authToken")
+
+    async def _handle(self, request: web.Request,
+                      op: Callable[[web.Request, dict[str, Any]], Awaitable[Reply]]) -> web.StreamResponse:
+        uuid = ""
+        try:
+            if not self.source_allowed(request):
+                raise e.Forbidden("source network not allowed")
+            self.verify(request.query.get("authToken"))
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise e.PayloadTooLarge() from None
+            try:
+                data = loads_exact(body)
+            except ValueError:
+                return self._json([("status", "INVALID_PARAMETER"), ("uuid", "")], 400)
+            if not isinstance(data, dict):
+                raise e.MalformedBody("body is not a JSON object")
+            if isinstance(data.get("uuid"), str):
+                uuid = data["uuid"]
+            reply = await op(request, data)
+        except e.GatewayError as exc:
+            reply = self._error(self.error_code(exc), exc.balance, exc.currency, uuid)
+        except _Answer as answer:
+            reply = self._error(answer.status, answer.result.balance, answer.result.currency, uuid)
+        except Exception:
+            log.exception("evolution %s failed", request.path)
+            reply = self._error(self.error_code(e.InternalError), None, None, uuid)
+        return self._json(reply)
+
+    @staticmethod
+    def _json(reply: Reply, status: int = 200) -> web.Response:
+        return web.Response(body=dumps(reply), status=status, content_type="application/json")
+
+    @staticmethod
+    def _error(status: str, balance: int | None, currency: str | None, uuid: str) -> Reply:
+        reply: Reply = [("status", status)]
+        if balance is not None and currency:
+            try:
+                reply += [("balance", money(balance, currency)), ("bonus", money(0, currency))]
+            except e.UnknownCurrency:
+                pass
+        reply.append(("uuid", uuid))
+        return reply
+
+    @staticmethod
+    def _ok(balance: int, currency: str, uuid: str) -> Reply:
+        return [("status", OK), ("balance", money(balance, currency)), ("bonus", money(0, currency)),
+                ("uuid", uuid)]
+
+    # --- helpers -----------------------------------------------------------------------------------
+    @staticmethod
+    def _head(d: dict[str, Any]) -> tuple[str, str, str]:
+        return _text(d, "sid"), _text(d, "userId"), _text(d, "uuid")
+
+    @staticmethod
+    def _currency(d: dict[str, Any], session: PlayerSession) -> str:
+        currency = _text(d, "currency")
+        if currency != session.currency:
+            raise e.WrongCurrency(f"{currency} is not the wallet's {session.currency}")
+        return currency
+
+    @staticmethod
+    def _play(d: dict[str, Any]) -> tuple[str, str, str, Decimal | int, str]:
+        """``(round id, tx id, refId, amount, game id)`` of a debit, credit or cancel."""
+        game, tx = _object(d, "game"), _object(d, "transaction")
+        round_id = _text(game, "id", "game.")
+        game_type = game.get("type")
+        if game_type is not None and not isinstance(game_type, str):
+            raise e.MalformedBody("game.type must be a string")
+        details = _opt_object(game, "details") or {}
+        table = _opt_object(details, "table") or {}
+        table_id = table.get("id")
+        game_id = table_id if isinstance(table_id, str) and table_id else (game_type or "")
+        return (round_id, _text(tx, "id", "transaction."), _text(tx, "refId", "transaction."),
+                _number(tx, "amount", "transaction."), game_id[:MAX_TEXT])
+
+    async def _run(self, cmd: Command, uuid: str,
+                   overrides: Mapping[type[e.GatewayError], str] | None = None) -> Reply:
+        result = await self.wallet.execute(cmd)
+        status, err = flow.outcome(self, result, OK, overrides)
+        if err is not None and status != OK:
+            raise _Answer(status, result)
+        return self._ok(result.balance, result.currency, uuid)
+
+    # --- calls -------------------------------------------------------------------------------------
+    async def _check(self, request: web.Request, d: dict[str, Any]) -> Reply:
+        sid, user, uuid = self._head(d)
+        channel = _opt_object(d, "channel")
+        if channel is not None and not isinstance(channel.get("type", ""), str):
+            raise e.MalformedBody("channel.type must be a string")
+        session = await flow.bet_session(self, sid, user)
+        if self._rotate:
+            session = await self.wallet.rotate_session(session)
+        return [("status", OK), ("sid", session.token), ("uuid", uuid)]
+
+    async def _balance(self, request: web.Request, d: dict[str, Any]) -> Reply:
+        sid, user, uuid = self._head(d)
+        _opt_object(d, "game")
+        session = await flow.bet_session(self, sid, user)
+        self._currency(d, session)
+        return self._ok(await self.wallet.balance(session), session.currency, uuid)
+
+    async def _debit(self, request: web.Request, d: dict[str, Any]) -> Reply:
+        sid, user, uuid = self._head(d)
+        round_id, _, ref, raw, game_id = self._play(d)
+        session = await flow.bet_session(self, sid, user)
+        currency = self._currency(d, session)
+        amount = to_minor(raw, currency)
+        if amount == 0:
+            raise e.InvalidAmount("a debit must have a positive amount")
+        cmd = flow.build(self, session, Kind.BET, tx_id=f"debit:{ref}", round_id=round_id, amount=amount,
+                         game_id=game_id, traceparent=request.headers.get("traceparent"))
+        return await self._run(cmd, uuid, self.DEBIT_OVERRIDES)
+
+    async def _credit(self, request: web.Request, d: dict[str, Any]) -> Reply:
+        sid, user, uuid = self._head(d)
+        round_id, tx, ref, raw, game_id = self._play(d)
+        session = await flow.settlement_session(self, sid, user)
+        currency = self._currency(d, session)
+        cmd = flow.build(self, session, Kind.WIN, tx_id=f"credit:{tx}", ref_tx_id=f"debit:{ref}",
+                         round_id=round_id, amount=to_minor(raw, currency), single_settlement=True,
+                         game_id=game_id, traceparent=request.headers.get("traceparent"))
+        return await self._run(cmd, uuid, self.CREDIT_OVERRIDES)
+
+    async def _cancel(self, request: web.Request, d: dict[str, Any]) -> Reply:
+        sid, user, uuid = self._head(d)
+        round_id, tx, ref, raw, game_id = self._play(d)
+        session = await flow.settlement_session(self, sid, user)
+        to_minor(raw, self._currency(d, session))  # the debit's amount is refunded; this one must be exact
+        cmd = flow.build(self, session, Kind.ROLLBACK, tx_id=f"cancel:{tx}", ref_tx_id=f"debit:{ref}",
+                         round_id=round_id, single_settlement=True, game_id=game_id,
+                         traceparent=request.headers.get("traceparent"))
+        return await self._run(cmd, uuid)
+
+    async def _promo_payout(self, request: web.Request, d: dict[str, Any]) -> Reply:
+        sid, user, uuid = self._head(d)
+        promo = _object(d, "promoTransaction")
+        kind, promo_id = _text(promo, "type", "promoTransaction."), _text(promo, "id", "promoTransaction.")
+        raw = _number(promo, "amount", "promoTransaction.")
+        game = _opt_object(d, "game")
+        round_id = _text(game, "id", "game.") if game else f"promo:{promo_id}"
+        session = await flow.settlement_session(self, sid, user)
+        currency = self._currency(d, session)
+        free = kind.startswith("FreeRound")
+        credit_type = "jackpot" if kind == "JackpotWin" else "bonus" if free else "promo"
+        cmd = flow.build(self, session, Kind.WIN, tx_id=f"promo:{promo_id}", round_id=round_id,
+                         amount=to_minor(raw, currency), credit_type=credit_type, free_round=free,
+                         traceparent=request.headers.get("traceparent"))
+        return await self._run(cmd, uuid)
+
+
+class EvolutionClient:
+    """Evolution's side: JSON calls as Evolution sends them (for tests and load generation).
+
+    Amounts are given in minor units and sent as exact JSON decimal numbers. Each method returns a
+    ``Call`` whose path carries ``?authToken=``.
+    """
+
+    def __init__(self, auth_token: str, *, base_path: str = "", table_id: str = "vip-roulette-123xyz",
+                 game_type: str = "roulette") -> None:
+        self.auth_token = auth_token
+        self.base_path = base_path.rstrip("/")
+        self.table_id = table_id
+        self.game_type = game_type
+
+    @staticmethod
+    def new_id() -> str:
+        return secrets.token_hex(12)
+
+    def call(self, endpoint: str, fields: list[tuple[str, Any]] | bytes) -> Call:
+        body = fields if isinstance(fields, bytes) else dumps(fields)
+        query = urllib.parse.urlencode({"authToken": self.auth_token})
+        return Call(f"{self.base_path}/{endpoint}?{query}", {"Content-Type": "application/json"}, body)
+
+    def check(self, user_id: str, sid: str, *, channel: str = "desktop") -> Call:
+        return self.call("check", [("sid", sid), ("userId", user_id), ("uuid", self.new_id()),
+                                   ("channel", {"type": channel})])
+
+    def balance(self, user_id: str, sid: str, *, currency: str) -> Call:
+        return self.call("balance", [("sid", sid), ("userId", user_id), ("currency", currency),
+                                     ("game", None), ("uuid", self.new_id())])
+
+    def _money_call(self, endpoint: str, user_id: str, sid: str, *, currency: str, amount: int,
+                    ref_id: str, round_id: str, tx_id: str | None) -> Call:
+        game = {"id": round_id, "type": self.game_type,
+                "details": {"table": {"id": self.table_id, "vid": None}}}
+        tx = [("id", tx_id or self.new_id()), ("refId", ref_id),
+              ("amount", Raw(format_minor(amount, currency)))]
+        return self.call(endpoint, [
+            ("sid", sid), ("userId", user_id), ("currency", currency), ("game", game),
+            ("transaction", obj(tx)), ("uuid", self.new_id()),
+        ])
+
+    def debit(self, user_id: str, sid: str, *, currency: str, amount: int, ref_id: str | None = None,
+              round_id: str | None = None, tx_id: str | None = None) -> Call:
+        return self._money_call("debit", user_id, sid, currency=currency, amount=amount,
+                                ref_id=ref_id or self.new_id(), round_id=round_id or self.new_id(),
+                                tx_id=tx_id)
+
+    def credit(self, user_id: str, sid: str, *, currency: str, amount: int, ref_id: str, round_id: str,
+               tx_id: str | None = None) -> Call:
+        return self._money_call("credit", user_id, sid, currency=currency, amount=amount, ref_id=ref_id,
+                                round_id=round_id, tx_id=tx_id)
+
+    def cancel(self, user_id: str, sid: str, *, currency: str, amount: int, ref_id: str, round_id: str,
+               tx_id: str | None = None) -> Call:
+        return self._money_call("cancel", user_id, sid, currency=currency, amount=amount, ref_id=ref_id,
+                                round_id=round_id, tx_id=tx_id)
+
+    def promo_payout(self, user_id: str, sid: str, *, currency: str, amount: int,
+                     promo_type: str = "JackpotWin", promo_id: str | None = None) -> Call:
+        promo = [("type", promo_type), ("id", promo_id or self.new_id()),
+                 ("amount", Raw(format_minor(amount, currency))), ("voucherId", None),
+                 ("remainingRounds", 0)]
+        return self.call("promo_payout", [
+            ("sid", sid), ("userId", user_id), ("currency", currency), ("game", None),
+            ("promoTransaction", obj(promo)), ("uuid", self.new_id()),
+        ])
+
+    def round(self, user_id: str, sid: str, *, currency: str, bet: int, win: int,
+              round_id: str | None = None) -> list[Call]:
+        """A debit and its credit (``win`` may be 0: a loss)."""
+        rid, ref = round_id or self.new_id(), self.new_id()
+        return [
+            self.debit(user_id, sid, currency=currency, amount=bet, ref_id=ref, round_id=rid),
+            self.credit(user_id, sid, currency=currency, amount=win, ref_id=ref, round_id=rid),
+        ]

@@ -1,0 +1,433 @@
+"""Hub88 operator wallet API: RSA-signed JSON, always HTTP 200 with a ``status``.
+
+Hub88 decides what to do next from ``status`` alone (a non-200 is a network failure to it), so every path
+here, errors and crashes included, answers 200 with a status. The signature is checked over the exact raw
+body bytes before anything is parsed. Money is ``value * 100 000`` for every currency; it becomes minor
+units only when it is an exact multiple of ``10^(5 - exponent)`` (refused otherwise, never rounded), and
+balances go back the same way. A bet that failed for a retryable reason answers ``RS_ERROR_UNKNOWN`` so
+Hub88 rolls it back; that rollback works whether or not the bet was applied (tombstone), which is what
+makes shedding bets safe. Settlements never depend on the token being alive.
+
+The module also holds ``Hub88Client``, the provider side: correctly signed requests for tests and load.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+import orjson
+from aiohttp import web
+from cryptography.exceptions import InvalidSignature as _BadRsaSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from adapters import flow
+from adapters.base import Adapter, PlayerSession, ProviderConfig, WalletPort
+from adapters.flow import Call
+from gateway import errors as e
+from gateway.money import exponent
+from ledger.commands import Command, Kind
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Hub88-Signature"
+#: Hub88 money is the value times this, for every currency
+SCALE_DIGITS = 5
+#: longest id or free-text field accepted (the ledger refuses ids over 200 characters)
+MAX_TEXT = 128
+
+OK = "RS_OK"
+#: Hub88 money per minor unit, by currency exponent (0..5)
+_STEP: tuple[int, ...] = (100_000, 10_000, 1_000, 100, 10, 1)
+
+
+def _step(currency: str) -> int:
+    exp = exponent(currency)
+    if exp > SCALE_DIGITS:
+        raise e.UnknownCurrency(f"{currency} has more decimals than Hub88 money can carry")
+    return _STEP[exp]
+
+
+def to_minor(amount: object, currency: str) -> int:
+    """Hub88 integer money → minor units of ``currency``, exactly, or ``InvalidAmount``."""
+    if type(amount) is not int:
+        raise _WrongTypes("amount must be an integer")
+    step = _step(currency)
+    if amount < 0:
+        raise e.InvalidAmount("amount must not be negative")
+    if amount % step:
+        raise e.InvalidAmount(f"amount {amount} is finer than {currency} minor units")
+    return amount // step
+
+
+def from_minor(minor: int, currency: str) -> int:
+    """Minor units → Hub88 integer money."""
+    return minor * _step(currency)
+
+
+class _WrongTypes(Exception):
+    """A field of the wrong JSON type (``RS_ERROR_WRONG_TYPES``); internal to this protocol."""
+
+
+def _load_public_key(pem: str) -> rsa.RSAPublicKey:
+    if not pem:
+        raise ValueError("a hub88 provider needs public_key_pem (Hub88's public key)")
+    key = serialization.load_pem_public_key(pem.encode())
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ValueError("public_key_pem is not an RSA public key")
+    return key
+
+
+class _Fields:
+    """Strict reader of one request object: missing → WRONG_SYNTAX, wrong type → WRONG_TYPES."""
+
+    __slots__ = ("d",)
+
+    def __init__(self, d: dict[str, Any]) -> None:
+        self.d = d
+
+    def text(self, name: str) -> str:
+        if name not in self.d:
+            raise e.MalformedBody(f"missing {name}")
+        return self._text(name, self.d[name])
+
+    def opt_text(self, name: str) -> str | None:
+        value = self.d.get(name)
+        return None if value is None else self._text(name, value)
+
+    @staticmethod
+    def _text(name: str, value: object) -> str:
+        if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
+            raise _WrongTypes(f"{name} must be a non-empty string of at most {MAX_TEXT} characters")
+        return value
+
+    def flag(self, name: str, default: bool | None = None) -> bool:
+        if name not in self.d:
+            if default is None:
+                raise e.MalformedBody(f"missing {name}")
+            return default
+        value = self.d[name]
+        if type(value) is not bool:
+            raise _WrongTypes(f"{name} must be a boolean")
+        return value
+
+    def check(self, name: str, *types: type) -> None:
+        """An optional field we do not use must still have its documented type."""
+        value = self.d.get(name)
+        if value is not None and not isinstance(value, types):
+            raise _WrongTypes(f"{name} has the wrong type")
+
+    def round_id(self, fallback_tx: str) -> str:
+        # "round" is nullable; a round-less call is keyed on the bet it concerns, so a bet, its win and
+        # its rollback (and their retries) always name the same round
+        return f"tx:{fallback_tx}" if self.d.get("round") in (None, "") else self.text("round")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Op = Callable[[web.Request, _Fields], Awaitable[dict[str, Any]]]
+
+
+class Hub88Adapter(Adapter):
+    protocol = "hub88"
+    OK: ClassVar[str] = OK
+
+    ERRORS: ClassVar[dict[type[e.GatewayError], str]] = {
+        e.GatewayError: "RS_ERROR_UNKNOWN",
+        e.InternalError: "RS_ERROR_UNKNOWN",
+        # bad input
+        e.BadInput: "RS_ERROR_WRONG_SYNTAX",
+        e.MalformedBody: "RS_ERROR_WRONG_SYNTAX",
+        e.PayloadTooLarge: "RS_ERROR_WRONG_SYNTAX",
+        e.NotFound: "RS_ERROR_WRONG_SYNTAX",
+        e.InvalidAmount: "RS_ERROR_WRONG_TYPES",
+        e.UnknownCurrency: "RS_ERROR_WRONG_CURRENCY",
+        e.WrongCurrency: "RS_ERROR_WRONG_CURRENCY",
+        e.InvalidSignature: "RS_ERROR_INVALID_SIGNATURE",
+        e.Unauthorized: "RS_ERROR_INVALID_SIGNATURE",
+        e.Forbidden: "RS_ERROR_INVALID_PARTNER",
+        e.InvalidToken: "RS_ERROR_INVALID_TOKEN",
+        e.TokenExpired: "RS_ERROR_TOKEN_EXPIRED",
+        # Hub88 has no "unknown user": the user a token or call names does not exist for us
+        e.UnknownPlayer: "RS_ERROR_INVALID_TOKEN",
+        e.UnknownGame: "RS_ERROR_INVALID_GAME",
+        # retryable: a bet answered so is rolled back by Hub88; settlements are retried
+        e.Retryable: "RS_ERROR_UNKNOWN",
+        e.RateLimited: "RS_ERROR_UNKNOWN",
+        e.Overloaded: "RS_ERROR_UNKNOWN",
+        e.LedgerTimeout: "RS_ERROR_UNKNOWN",
+        e.BetsPaused: "RS_ERROR_UNKNOWN",
+        e.NoNewSessions: "RS_ERROR_UNKNOWN",
+        # refusals
+        e.Refused: "RS_ERROR_UNKNOWN",
+        e.InsufficientFunds: "RS_ERROR_NOT_ENOUGH_MONEY",
+        e.LimitReached: "RS_ERROR_LIMIT_REACHED",
+        e.SelfExcluded: "RS_ERROR_USER_DISABLED",
+        e.LossLimitReached: "RS_ERROR_LIMIT_REACHED",
+        e.StakeLimitExceeded: "RS_ERROR_LIMIT_REACHED",
+        e.SessionTimeLimit: "RS_ERROR_LIMIT_REACHED",
+        e.TransactionRolledBack: "RS_ERROR_TRANSACTION_ROLLED_BACK",
+        e.BetNotFound: "RS_ERROR_TRANSACTION_DOES_NOT_EXIST",
+        e.RoundNotFound: "RS_ERROR_TRANSACTION_DOES_NOT_EXIST",
+        e.BetAlreadySettled: "RS_ERROR_DUPLICATE_TRANSACTION",
+        # no status of its own: a final refusal, after which Hub88 rolls the bet back (a no-op)
+        e.RoundClosed: "RS_ERROR_UNKNOWN",
+        e.RollbackOfUnknown: OK,
+        e.AlreadyRolledBack: OK,
+        # duplicates: a retry answers RS_OK with the current balance; other details are a conflict
+        e.Duplicate: OK,
+        e.IdempotencyConflict: "RS_ERROR_DUPLICATE_TRANSACTION",
+    }
+
+    def __init__(self, config: ProviderConfig, wallet: WalletPort) -> None:
+        super().__init__(config, wallet)
+        self._key = _load_public_key(config.public_key_pem)
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [
+            web.post("/user/info", self._endpoint(self._user_info)),
+            web.post("/user/balance", self._endpoint(self._balance)),
+            web.post("/transaction/bet", self._endpoint(self._bet)),
+            web.post("/transaction/win", self._endpoint(self._win)),
+            web.post("/transaction/rollback", self._endpoint(self._rollback)),
+        ]
+
+    # --- the envelope: network, signature, syntax, one answer shape --------------------------------
+    def _endpoint(self, op: Op) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self._handle(request, op)
+
+        handler.__name__ = f"hub88{op.__name__}"
+        return handler
+
+    def verify(self, body: bytes, signature: str | None) -> None:
+        """Raise unless ``signature`` is Hub88's RSA-SHA256 (PKCS#1 v1.5) signature of ``body``."""
+        if not signature:
+            raise e.Unauthorized(f"missing {SIGNATURE_HEADER}")
+        try:
+            raw = base64.b64decode(signature, validate=True)
+            self._key.verify(raw, body, padding.PKCS1v15(), hashes.SHA256())
+        except (binascii.Error, ValueError, _BadRsaSignature):
+            raise e.InvalidSignature() from None
+
+    async def _handle(self, request: web.Request, op: Op) -> web.StreamResponse:
+        echo: dict[str, Any] = {}
+        try:
+            if not self.source_allowed(request):
+                raise e.Forbidden("source network not allowed")
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise e.PayloadTooLarge() from None
+            self.verify(body, request.headers.get(SIGNATURE_HEADER))
+            try:
+                data = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise e.MalformedBody("body is not JSON") from None
+            if not isinstance(data, dict):
+                raise e.MalformedBody("body is not a JSON object")
+            for key in ("user", "request_uuid"):
+                if isinstance(data.get(key), str):
+                    echo[key] = data[key]
+            reply = await op(request, _Fields(data))
+        except e.GatewayError as exc:
+            reply = self._error(echo, self.error_code(exc), exc)
+        except _WrongTypes as exc:
+            log.debug("hub88 %s: %s", request.path, exc)
+            reply = self._error(echo, "RS_ERROR_WRONG_TYPES", None)
+        except Exception:
+            log.exception("hub88 %s failed", request.path)
+            reply = self._error(echo, self.error_code(e.InternalError), None)
+        return web.Response(body=orjson.dumps(reply), content_type="application/json")
+
+    @staticmethod
+    def _error(echo: dict[str, Any], status: str, exc: e.GatewayError | None) -> dict[str, Any]:
+        reply: dict[str, Any] = {"user": echo.get("user", ""), "status": status,
+                                 "request_uuid": echo.get("request_uuid", "")}
+        if exc is not None and exc.currency and exc.balance is not None:
+            try:
+                reply["currency"] = exc.currency
+                reply["balance"] = from_minor(exc.balance, exc.currency)
+            except e.UnknownCurrency:
+                reply.pop("currency")
+        return reply
+
+    @staticmethod
+    def _ok(f: _Fields, status: str, balance: int, currency: str) -> dict[str, Any]:
+        return {"user": f.d["user"], "status": status, "request_uuid": f.d["request_uuid"],
+                "currency": currency, "balance": from_minor(balance, currency)}
+
+    # --- calls ---------------------------------------------------------------------------------------
+    async def _user_info(self, request: web.Request, f: _Fields) -> dict[str, Any]:
+        user, _ = f.text("user"), f.text("request_uuid")
+        session = await flow.settlement_session(self, None, user)
+        reply: dict[str, Any] = {"user": user, "status": OK, "request_uuid": f.d["request_uuid"],
+                                 "country": session.country, "jurisdiction": session.license}
+        sub_partner = self.config.options.get("sub_partner_id")
+        if sub_partner:
+            reply["sub_partner_id"] = str(sub_partner)
+        return reply
+
+    async def _balance(self, request: web.Request, f: _Fields) -> dict[str, Any]:
+        user, token, _ = f.text("user"), f.text("token"), f.text("request_uuid")
+        f.check("game_code", str)
+        f.check("game_id", int)
+        session = await flow.settlement_session(self, token, user)
+        return self._ok(f, OK, await self.wallet.balance(session), session.currency)
+
+    def _common(self, f: _Fields) -> tuple[str, str, str, str]:
+        user, tx, token, _ = f.text("user"), f.text("transaction_uuid"), f.text("token"), f.text("request_uuid")
+        for name in ("supplier_transaction_id", "supplier_user", "reward_uuid", "bet"):
+            f.check(name, str)
+        f.check("meta", dict)
+        f.flag("is_aggregated", default=False)
+        return user, tx, token, f.text("game_code")
+
+    @staticmethod
+    def _money(f: _Fields) -> tuple[str, int]:
+        currency = f.text("currency")
+        if "amount" not in f.d:
+            raise e.MalformedBody("missing amount")
+        return currency, to_minor(f.d["amount"], currency)
+
+    @staticmethod
+    def _same_currency(currency: str, session: PlayerSession) -> None:
+        if currency != session.currency:
+            raise e.WrongCurrency(f"{currency} is not the wallet's {session.currency}")
+
+    async def _bet(self, request: web.Request, f: _Fields) -> dict[str, Any]:
+        user, tx, token, game = self._common(f)
+        round_closed, is_free = f.flag("round_closed"), f.flag("is_free")
+        round_id = f.round_id(tx)
+        currency, amount = self._money(f)
+        if is_free:
+            amount = 0  # the reward pays the stake: a free bet moves no cash
+        elif amount == 0:
+            raise e.InvalidAmount("a bet that is not free must have a positive amount")
+        session = await flow.bet_session(self, token, user)
+        self._same_currency(currency, session)
+        cmd = flow.build(self, session, Kind.BET, tx_id=tx, round_id=round_id, amount=amount,
+                         free_round=is_free, round_closed=round_closed, game_id=game,
+                         traceparent=request.headers.get("traceparent"))
+        return await self._execute(f, cmd)
+
+    async def _win(self, request: web.Request, f: _Fields) -> dict[str, Any]:
+        user, tx, token, game = self._common(f)
+        ref = f.text("reference_transaction_uuid")
+        round_closed, is_free = f.flag("round_closed"), f.flag("is_free")
+        round_id = f.round_id(ref)
+        currency, amount = self._money(f)
+        session = await flow.settlement_session(self, token, user)
+        self._same_currency(currency, session)
+        cmd = flow.build(self, session, Kind.WIN, tx_id=tx, round_id=round_id, amount=amount,
+                         ref_tx_id=ref, free_round=is_free, credit_type="bonus" if is_free else "win",
+                         round_closed=round_closed, game_id=game,
+                         traceparent=request.headers.get("traceparent"))
+        return await self._execute(f, cmd)
+
+    async def _rollback(self, request: web.Request, f: _Fields) -> dict[str, Any]:
+        user, tx, token, _ = f.text("user"), f.text("transaction_uuid"), f.text("token"), f.text("request_uuid")
+        ref = f.text("reference_transaction_uuid")
+        f.check("supplier_transaction_id", str)
+        f.check("meta", dict)
+        f.check("game_code", str)
+        round_closed = f.flag("round_closed", default=False)
+        round_id = f.round_id(ref)
+        session = await flow.settlement_session(self, token, user)
+        cmd = flow.build(self, session, Kind.ROLLBACK, tx_id=tx, round_id=round_id, ref_tx_id=ref,
+                         round_closed=round_closed, game_id=f.opt_text("game_code") or "",
+                         traceparent=request.headers.get("traceparent"))
+        return await self._execute(f, cmd)
+
+    async def _execute(self, f: _Fields, cmd: Command) -> dict[str, Any]:
+        result = await self.wallet.execute(cmd)
+        status, err = flow.outcome(self, result, OK)
+        if err is not None and status != OK:
+            raise err
+        return self._ok(f, OK, result.balance, result.currency)
+
+
+class Hub88Client:
+    """Hub88's side: signed requests as Hub88 sends them (for tests and load generation).
+
+    Amounts are given in minor units and sent as Hub88 money. Each method returns a ``Call``.
+    """
+
+    def __init__(self, private_key_pem: str | bytes, *, base_path: str = "", game_code: str = "hub88_game"):
+        pem = private_key_pem.encode() if isinstance(private_key_pem, str) else private_key_pem
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("private_key_pem is not an RSA private key")
+        self._key = key
+        self.base_path = base_path.rstrip("/")
+        self.game_code = game_code
+
+    def sign(self, body: bytes) -> str:
+        return base64.b64encode(self._key.sign(body, padding.PKCS1v15(), hashes.SHA256())).decode()
+
+    def signed(self, path: str, payload: dict[str, Any] | bytes) -> Call:
+        """A call to ``path`` (e.g. ``/transaction/bet``) with ``payload`` signed as sent."""
+        body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: self.sign(body)}
+        return Call(self.base_path + path, headers, body)
+
+    @staticmethod
+    def new_id() -> str:
+        return str(uuid.uuid4())
+
+    def user_info(self, user: str) -> Call:
+        return self.signed("/user/info", {"user": user, "request_uuid": self.new_id()})
+
+    def balance(self, user: str, token: str) -> Call:
+        return self.signed("/user/balance", {"user": user, "token": token, "request_uuid": self.new_id(),
+                                             "game_code": self.game_code})
+
+    def bet_payload(self, user: str, token: str, *, amount: int, currency: str, round: str | None,
+                    transaction_uuid: str | None = None, round_closed: bool = False,
+                    is_free: bool = False) -> dict[str, Any]:
+        tx = transaction_uuid or self.new_id()
+        return {
+            "user": user, "transaction_uuid": tx, "supplier_transaction_id": f"sup-{tx}", "token": token,
+            "supplier_user": None, "round_closed": round_closed, "round": round, "reward_uuid": None,
+            "request_uuid": self.new_id(), "is_free": is_free, "is_aggregated": False,
+            "game_code": self.game_code, "currency": currency, "bet": None,
+            "amount": from_minor(amount, currency), "meta": None,
+        }
+
+    def bet(self, user: str, token: str, **kw: Any) -> Call:
+        return self.signed("/transaction/bet", self.bet_payload(user, token, **kw))
+
+    def win_payload(self, user: str, token: str, *, amount: int, currency: str, reference: str,
+                    round: str | None, transaction_uuid: str | None = None, round_closed: bool = True,
+                    is_free: bool = False) -> dict[str, Any]:
+        payload = self.bet_payload(user, token, amount=amount, currency=currency, round=round,
+                                   transaction_uuid=transaction_uuid, round_closed=round_closed,
+                                   is_free=is_free)
+        payload["reference_transaction_uuid"] = reference
+        return payload
+
+    def win(self, user: str, token: str, **kw: Any) -> Call:
+        return self.signed("/transaction/win", self.win_payload(user, token, **kw))
+
+    def rollback(self, user: str, token: str, *, reference: str, round: str | None = None,
+                 transaction_uuid: str | None = None) -> Call:
+        tx = transaction_uuid or self.new_id()
+        return self.signed("/transaction/rollback", {
+            "user": user, "transaction_uuid": tx, "supplier_transaction_id": f"sup-{tx}", "token": token,
+            "round_closed": True, "round": round, "request_uuid": self.new_id(),
+            "reference_transaction_uuid": reference, "game_code": self.game_code, "meta": None,
+        })
+
+    def round(self, user: str, token: str, *, currency: str, bet: int, win: int | None,
+              round_id: str | None = None) -> list[Call]:
+        """A bet, then its win (``win=None``: a lost round, settled with a zero win)."""
+        rid = round_id or self.new_id()
+        bet_tx = self.new_id()
+        return [
+            self.bet(user, token, amount=bet, currency=currency, round=rid, transaction_uuid=bet_tx),
+            self.win(user, token, amount=win or 0, currency=currency, reference=bet_tx, round=rid),
+        ]
