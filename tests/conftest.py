@@ -9,6 +9,7 @@ subject/stream and Redis key a test makes starts with the session's ``namespace`
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import secrets
@@ -104,22 +105,8 @@ def redis_url(embedded_dir: Path) -> Iterator[str]:
 
 # --- application fixtures (built on the server fixtures above) ---------------------------------------------
 
-from adapters.base import ProviderConfig  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
-from tests.support import ADMIN_KEY, DEMO_SECRET, OPERATOR_KEY, Api  # noqa: E402
-
-
-def test_providers() -> list[ProviderConfig]:
-    """Providers every test app mounts; protocol suites add theirs through ``extra_providers``."""
-    return [ProviderConfig(id="demo", protocol="native", secret=DEMO_SECRET)]
-
-
-test_providers.__test__ = False  # type: ignore[attr-defined]
-
-
-@pytest.fixture(scope="session")
-def extra_providers() -> list[ProviderConfig]:
-    return []
+from tests.support import ADMIN_KEY, OPERATOR_KEY, Api, gateway_providers  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -168,21 +155,34 @@ class GatewayHandle:
         self.base_url = base_url
 
 
-@pytest.fixture(scope="session")
-async def gateway(writers: Settings, extra_providers: list[ProviderConfig]) -> AsyncIterator[GatewayHandle]:
-    """The real gateway app on a loopback port, in front of the real writers."""
+@contextlib.asynccontextmanager
+async def running_gateway(settings: Settings) -> AsyncIterator[GatewayHandle]:
+    """A real gateway app on a free loopback port, with every test provider mounted."""
     from aiohttp.test_utils import TestServer
 
     from gateway.app import build_app
     from gateway.state import STATE_KEY
 
-    app = build_app(writers, test_providers() + extra_providers)
+    app = build_app(settings, gateway_providers())
     server = TestServer(app, host="127.0.0.1", port=embedded.free_port())
     await server.start_server()
     try:
         yield GatewayHandle(app[STATE_KEY], f"http://127.0.0.1:{server.port}")
     finally:
         await server.close()
+
+
+@pytest.fixture(scope="session")
+async def gateway(writers: Settings) -> AsyncIterator[GatewayHandle]:
+    """The shared gateway, in front of the real writers."""
+    async with running_gateway(writers) as handle:
+        yield handle
+
+
+@pytest.fixture
+def make_gateway(writers: Settings) -> Any:
+    """Another gateway with changed settings (e.g. tight limits), same servers: ``async with make_gateway(...)``."""
+    return lambda **changes: running_gateway(writers.replace(**changes))
 
 
 @pytest.fixture(scope="session")

@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
 import aiohttp
 
+from adapters.base import ProviderConfig
 from adapters.flow import Call
 from adapters.native import NativeClient
 
 OPERATOR_KEY = "test-operator-key"
 ADMIN_KEY = "test-admin-key-1"
 DEMO_SECRET = "demo-secret-for-tests"
+PRAGMATIC_SECRET = "testKey-pragmatic"
+EVOLUTION_TOKEN = "evo-auth-token-1"
+
+
+@functools.cache
+def hub88_keys() -> tuple[str, str]:
+    """(private PEM, public PEM) of the key pair standing in for Hub88's, made once per test run."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public
+
+
+def gateway_providers() -> list[ProviderConfig]:
+    """The providers every test gateway mounts: one per protocol."""
+    return [
+        ProviderConfig(id="demo", protocol="native", secret=DEMO_SECRET),
+        ProviderConfig(id="hub88", protocol="hub88", public_key_pem=hub88_keys()[1]),
+        ProviderConfig(id="pragmatic", protocol="pragmatic", secret=PRAGMATIC_SECRET,
+                       options={"provider_id": "PragmaticPlay"}),
+        ProviderConfig(id="evolution", protocol="evolution", secret=EVOLUTION_TOKEN),
+    ]
 
 
 class Api:
