@@ -28,6 +28,7 @@ from gateway.metrics import metrics_handler, metrics_middleware
 from gateway.monitor import Monitor
 from gateway.operator_api import routes as operator_routes
 from gateway.providers import adapter_class
+from gateway.quota import RedisQuota
 from gateway.sessions import SessionStore
 from gateway.settings import SETTINGS_KEY, Settings
 from gateway.state import STATE_KEY, GatewayState
@@ -85,7 +86,11 @@ def _lifecycle(settings: Settings, providers: list[ProviderConfig]):  # type: ig
         await ledger.start()
         guards = Guards(settings)
         degradation = Degradation()
-        wallet = Wallet(SessionStore(settings, rds), ledger, pools, guards, degradation)
+        quota = None
+        if settings.redis_quota_enabled:
+            prefix = f"{settings.namespace}:gw:" if settings.namespace else "gw:"
+            quota = RedisQuota(rds, prefix, settings.redis_quota_per_s, settings.redis_quota_burst)
+        wallet = Wallet(SessionStore(settings, rds), ledger, pools, guards, degradation, quota)
         state = GatewayState(settings, {p.id: p for p in providers}, nc, rds, pools, ledger, wallet, guards,
                              degradation, started_ms=int(time.time() * 1000))
         app[STATE_KEY] = state

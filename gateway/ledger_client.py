@@ -2,7 +2,7 @@
 
 Per shard, commands pass a bounded priority queue (bets sheddable, settlements never) into a batcher
 that coalesces them into one JetStream message (bounded by count, bytes and a few ms). At most
-``MAX_INFLIGHT`` batches per shard await their results; when the ledger slows, commands wait in the
+``self.max_inflight`` batches per shard await their results; when the ledger slows, commands wait in the
 queue, their sojourn time rises and the queue starts shedding new bets, while wins, rollbacks and
 deposits still queue. A publish is retried with the same ``Nats-Msg-Id``, so JetStream stores it
 once. Every command awaits its own result with a deadline; a late result is dropped here, and the
@@ -38,7 +38,6 @@ from ledger.commands import Command, Kind, Result
 
 log = logging.getLogger(__name__)
 
-MAX_INFLIGHT = 8
 _SHEDDABLE = frozenset({Kind.BET, Kind.WITHDRAW})
 
 
@@ -64,6 +63,7 @@ class LedgerClient:
         self.nc = nc
         self.js = nc.jetstream()
         self.shards = settings.shards
+        self.max_inflight = settings.ledger_inflight_batches
         self.batcher = Batcher(settings.shards, settings.batch_max_commands, settings.batch_max_bytes,
                                settings.batch_max_delay_ms * 1_000_000)
         self._state = [
@@ -73,7 +73,9 @@ class LedgerClient:
         ]
         self._waiting: dict[str, _Pending] = {}
         self._batch_ids = itertools.count(1)
-        self._instance = settings.instance_id or uuid.uuid4().hex[:12]
+        # always unique per process: batch ids are JetStream dedup keys, so two replicas configured
+        # with the same instance id must still never produce the same Nats-Msg-Id
+        self._instance = f"{settings.instance_id or 'gw'}-{uuid.uuid4().hex[:12]}"
         self.reply_subject = f"{transport.subject_prefix(settings)}_GW.{self._instance}.results"
         self._tasks: list[asyncio.Task[None]] = []
         self._sub: Subscription | None = None
@@ -142,19 +144,19 @@ class LedgerClient:
         while True:
             now = time.monotonic_ns()
             deadline = self.batcher.next_deadline_ns()
-            while st.inflight < MAX_INFLIGHT:
+            while st.inflight < self.max_inflight:
                 item = st.queue.take(now)
                 if item is None:
                     break
                 assert isinstance(item, _Pending)
-                if item.future.done():
-                    continue  # its caller gave up; don't send
+                if item.future.done() and item.cmd.kind in _SHEDDABLE:
+                    continue  # its caller gave up on this bet: the provider will roll it back, don't send
                 full = self.batcher.add(shard, item.cmd.cmd_id, item.payload, now)
                 if full is not None:
                     self._launch(full)
             for batch in self.batcher.due(now):
                 self._launch(batch)
-            if st.inflight >= MAX_INFLIGHT:
+            if st.inflight >= self.max_inflight:
                 st.slot_free.clear()
                 await st.slot_free.wait()
                 continue
@@ -186,7 +188,7 @@ class LedgerClient:
         subject = transport.cmd_subject(self.settings, batch.shard)
         headers = {transport.MSG_ID_HEADER: msg_id, transport.REPLY_HEADER: self.reply_subject}
         body = batch.encode()
-        futures = [self._waiting[c].future for c in batch.cmd_ids if c in self._waiting]
+        futures = [f for c in batch.cmd_ids if (p := self._waiting.get(c)) is not None and not (f := p.future).done()]
         deadline = time.monotonic() + self.settings.ledger_timeout_ms / 1000
         for attempt in itertools.count():
             try:

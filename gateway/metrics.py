@@ -58,14 +58,16 @@ def render(request: web.Request) -> str:
         lines.append("# TYPE gateway_ledger_queue_depth gauge")
         for shard, q in enumerate(st.ledger.queue_state()):
             for key in ("settle", "bet"):
-                lines.append(f'gateway_ledger_queue_depth{{shard="{shard}",lane="{key}"}} {q.get(key, 0)}')
+                lines.append(f'gateway_ledger_queue_depth{{shard="{shard}",lane="{key}"}} {q.get("depth_" + key, 0)}')
             lines.append(f'gateway_ledger_shedding{{shard="{shard}"}} {int(bool(q.get("shedding")))}')
             lines.append(f'gateway_ledger_shed_total{{shard="{shard}"}} {q.get("dropped", 0)}')
             lines.append(f'gateway_ledger_inflight_batches{{shard="{shard}"}} {q.get("inflight", 0)}')
         lines.append(f"gateway_ledger_batches_published_total {st.ledger.published}")
         lines.append(f"gateway_ledger_timeouts_total {st.ledger.timeouts}")
         lines.append(f"gateway_rate_limited_total {st.guards.limited}")
-        lines.append(f"gateway_redis_quota_fail_open_total {st.counters.get('redis_quota_fail_open', 0)}")
+        quota = st.wallet.quota
+        lines.append(f"gateway_redis_quota_fail_open_total {quota.fail_open if quota else 0}")
+        lines.append(f"gateway_redis_quota_limited_total {quota.limited if quota else 0}")
         cache = st.wallet.sessions.cache
         lines.append(f"gateway_session_cache_hits_total {cache.hits}")
         lines.append(f"gateway_session_cache_misses_total {cache.misses}")

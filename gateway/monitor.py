@@ -41,7 +41,7 @@ class Monitor:
         s = self.state.settings
         polled = [p for p in self.state.providers.values() if p.health_url and p.enabled]
         if polled:
-            tasks.append(asyncio.create_task(self._health_loop(polled, s.health_poll_s)))
+            tasks.append(asyncio.create_task(self._health_loop(polled, s.health_poll_ms / 1000)))
         await self._stop.wait()
         for t in tasks:
             t.cancel()

@@ -54,6 +54,9 @@ class Settings:
     batch_max_bytes: int = 512 * 1024
     batch_max_delay_ms: int = 2
     ledger_timeout_ms: int = 2000
+    #: batches per shard awaiting their results; beyond it commands wait in the shard's queue, whose
+    #: sojourn time is what the CoDel shedding reacts to
+    ledger_inflight_batches: int = 2
     writer_fetch_msgs: int = 64
     writer_fetch_wait_ms: int = 5
     writer_pool_size: int = 2
@@ -94,7 +97,7 @@ class Settings:
     queue_interval_ms: int = 100
     degrade_lag_budget_ms: int = 500
     degrade_persist_s: int = 5
-    health_poll_s: int = 5
+    health_poll_ms: int = 5000
     health_fail_threshold: int = 3
     health_ok_threshold: int = 2
 
@@ -123,6 +126,7 @@ class Settings:
              "must be 1 KiB..1 MiB (below the NATS max payload)")
         need(0 <= self.batch_max_delay_ms <= 1000, "batch_max_delay_ms", "must be 0..1000")
         need(self.ledger_timeout_ms >= 10, "ledger_timeout_ms", "must be at least 10")
+        need(1 <= self.ledger_inflight_batches <= 64, "ledger_inflight_batches", "must be 1..64")
         need(self.max_body_bytes >= 1024, "max_body_bytes", "must be at least 1024")
         need(self.launch_token_ttl_s > 0 and self.session_ttl_s > 0, "session_ttl_s", "TTLs must be positive")
         need(0 <= self.session_cache_jitter_pct <= 100, "session_cache_jitter_pct", "must be 0..100")

@@ -20,6 +20,7 @@ from gateway.degradation import Degradation
 from gateway.errors import BadInput, Retryable
 from gateway.guards import Guards
 from gateway.ledger_client import LedgerClient
+from gateway.quota import RedisQuota
 from gateway.sessions import SessionStore
 from ledger.commands import Command, InvalidCommand, Kind, Result
 
@@ -40,7 +41,8 @@ def valid_traceparent(value: str | None) -> str:
 
 class Wallet:
     def __init__(self, sessions: SessionStore, ledger: LedgerClient, pools: dict[int, asyncpg.Pool],
-                 guards: Guards, degradation: Degradation) -> None:
+                 guards: Guards, degradation: Degradation, quota: RedisQuota | None = None) -> None:
+        self.quota = quota
         self.sessions = sessions
         self.ledger = ledger
         self.pools = pools
@@ -99,6 +101,8 @@ class Wallet:
                 self.guards.check(command.provider_id, command.brand_id, command.player_id, command.round_id)
             else:
                 self.guards.check(command.provider_id, command.brand_id)
+            if self.quota is not None:
+                await self.quota.check(command.provider_id, command.brand_id)
         return await self.ledger.submit(command)
 
     def now_ms(self) -> int:

@@ -156,14 +156,14 @@ class GatewayHandle:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(settings: Settings) -> AsyncIterator[GatewayHandle]:
+async def running_gateway(settings: Settings, providers: list[Any] | None = None) -> AsyncIterator[GatewayHandle]:
     """A real gateway app on a free loopback port, with every test provider mounted."""
     from aiohttp.test_utils import TestServer
 
     from gateway.app import build_app
     from gateway.state import STATE_KEY
 
-    app = build_app(settings, gateway_providers())
+    app = build_app(settings, gateway_providers() + (providers or []))
     server = TestServer(app, host="127.0.0.1", port=embedded.free_port())
     await server.start_server()
     try:
@@ -182,7 +182,10 @@ async def gateway(writers: Settings) -> AsyncIterator[GatewayHandle]:
 @pytest.fixture
 def make_gateway(writers: Settings) -> Any:
     """Another gateway with changed settings (e.g. tight limits), same servers: ``async with make_gateway(...)``."""
-    return lambda **changes: running_gateway(writers.replace(**changes))
+    def make(providers: list[Any] | None = None, **changes: Any) -> Any:
+        return running_gateway(writers.replace(**changes), providers)
+
+    return make
 
 
 @pytest.fixture(scope="session")
