@@ -81,6 +81,10 @@ class LedgerClient:
         self._sub: Subscription | None = None
         self.published = 0
         self.timeouts = 0
+        #: submit → result latency, cumulative counts per bucket upper bound (seconds)
+        self.latency_buckets = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
+        self.latency_counts = [0] * (len(self.latency_buckets) + 1)
+        self.latency_sum = 0.0
         self.closing = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -136,7 +140,17 @@ class LedgerClient:
             self._waiting.pop(cmd.cmd_id, None)
             if not fut.done():
                 fut.cancel()
-            st.queue.record_sojourn(time.monotonic_ns() - now, time.monotonic_ns())
+            done = time.monotonic_ns()
+            st.queue.record_sojourn(done - now, done)
+            self._observe((done - now) / 1e9)
+
+    def _observe(self, seconds: float) -> None:
+        self.latency_sum += seconds
+        for i, bound in enumerate(self.latency_buckets):
+            if seconds <= bound:
+                self.latency_counts[i] += 1
+                return
+        self.latency_counts[-1] += 1
 
     # ------------------------------------------------------------------ pump: queue → batcher → JetStream
     async def _pump(self, shard: int) -> None:

@@ -63,6 +63,14 @@ def render(request: web.Request) -> str:
             lines.append(f'gateway_ledger_shed_total{{shard="{shard}"}} {q.get("dropped", 0)}')
             lines.append(f'gateway_ledger_inflight_batches{{shard="{shard}"}} {q.get("inflight", 0)}')
         lines.append(f"gateway_ledger_batches_published_total {st.ledger.published}")
+        lines.append("# TYPE gateway_ledger_latency_seconds histogram")
+        cum = 0
+        for bound, count in zip((*st.ledger.latency_buckets, float("inf")), st.ledger.latency_counts, strict=True):
+            cum += count
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            lines.append(f'gateway_ledger_latency_seconds_bucket{{le="{le}"}} {cum}')
+        lines.append(f"gateway_ledger_latency_seconds_count {cum}")
+        lines.append(f"gateway_ledger_latency_seconds_sum {st.ledger.latency_sum:.6f}")
         lines.append(f"gateway_ledger_timeouts_total {st.ledger.timeouts}")
         lines.append(f"gateway_rate_limited_total {st.guards.limited}")
         quota = st.wallet.quota

@@ -32,6 +32,7 @@ from gateway.settings import Settings
 from ledger import chain, store, transport
 from ledger.commands import Command, InvalidCommand, Result, Status
 from ledger.outbox import OutboxRelay
+from ledger.puller import Puller
 from ledger.rules import Engine, utc_day
 from ledger.sharding import connect
 
@@ -71,21 +72,30 @@ class BatchApplier:
 
     async def apply(self, cmds: Sequence[Command]) -> BatchOutcome:
         """One transaction for the whole list; on a data error, each command alone (poison isolation)."""
-        try:
-            return await self._apply_once(cmds)
-        except _CONNECTION_ERRORS:
-            self._head = None
-            raise
-        except asyncpg.PostgresError:
-            self._head = None
-            if len(cmds) == 1:
-                log.exception("shard %d: command %s refused by the database", self.shard, cmds[0].cmd_id)
-                return BatchOutcome([_bad(cmds[0], "refused by the ledger database")], 0, 0)
-            log.warning("shard %d: batch of %d failed, applying one by one", self.shard, len(cmds))
-            results: list[Result] = []
-            for cmd in cmds:
-                results.extend((await self.apply([cmd])).results)
-            return BatchOutcome(results, 0, 0)
+        for attempt in (1, 2):
+            try:
+                return await self._apply_once(cmds)
+            except _CONNECTION_ERRORS:
+                self._head = None
+                raise
+            except asyncpg.UniqueViolationError as exc:
+                self._head = None  # re-read the chain head: someone wrote to this shard behind our back
+                if attempt == 1 and exc.constraint_name == "batches_pkey":
+                    log.error("shard %d: the batch chain moved under this writer; retrying on the new head",
+                              self.shard)
+                    continue
+                break
+            except asyncpg.PostgresError:
+                self._head = None
+                break
+        if len(cmds) == 1:
+            log.exception("shard %d: command %s refused by the database", self.shard, cmds[0].cmd_id)
+            return BatchOutcome([_bad(cmds[0], "refused by the ledger database")], 0, 0)
+        log.warning("shard %d: batch of %d failed, applying one by one", self.shard, len(cmds))
+        results: list[Result] = []
+        for cmd in cmds:
+            results.extend((await self.apply([cmd])).results)
+        return BatchOutcome(results, 0, 0)
 
     async def _apply_once(self, cmds: Sequence[Command]) -> BatchOutcome:
         now_ms = int(time.time() * 1000)
@@ -142,6 +152,7 @@ class ShardWriter:
         self.js: JetStreamContext = nc.jetstream()
         self.applied = 0
         self.batches = 0
+        self.apply_seconds = 0.0
         self.active = False
         self._stop = asyncio.Event()
         self.relay: OutboxRelay | None = None
@@ -189,19 +200,16 @@ class ShardWriter:
             await conn.close()
 
     async def _pull_loop(self, applier: BatchApplier) -> None:
-        sub = await self.js.pull_subscribe_bind(
-            transport.durable_name(self.settings, self.shard),
-            stream=transport.stream_name(self.settings, self.settings.stream_name),
-        )
+        puller = Puller(self.nc, transport.stream_name(self.settings, self.settings.stream_name),
+                        transport.durable_name(self.settings, self.shard), self.settings.writer_fetch_msgs)
+        await puller.start()
         try:
             while not self._stop.is_set():
-                try:
-                    msgs = await sub.fetch(self.settings.writer_fetch_msgs, timeout=0.5)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                await self.process(applier, msgs)
+                msgs = await puller.next(0.5)
+                if msgs:
+                    await self.process(applier, msgs)
         finally:
-            await sub.unsubscribe()
+            await puller.stop()
 
     async def process(self, applier: BatchApplier, msgs: Sequence[Msg]) -> None:
         cmds: list[Command] = []
@@ -218,7 +226,9 @@ class ShardWriter:
             if reply:
                 answers[reply].extend(r.to_wire() for r in bad)
         if cmds:
+            started = time.perf_counter()
             outcome = await applier.apply(cmds)
+            self.apply_seconds += time.perf_counter() - started
             for result in outcome.results:
                 reply = replies.get(result.cmd_id, "")
                 if reply:
@@ -275,6 +285,7 @@ async def serve_health(settings: Settings, nc: NATS, writers: Sequence[ShardWrit
         for w in writers:
             lines.append(f'ledger_writer_applied_total{{shard="{w.shard}"}} {w.applied}')
             lines.append(f'ledger_writer_batches_total{{shard="{w.shard}"}} {w.batches}')
+            lines.append(f'ledger_writer_apply_seconds_total{{shard="{w.shard}"}} {w.apply_seconds:.6f}')
             lines.append(f'ledger_writer_active{{shard="{w.shard}"}} {int(w.active)}')
             published = w.relay.published if w.relay else 0
             lines.append(f'ledger_outbox_published_total{{shard="{w.shard}"}} {published}')

@@ -241,3 +241,18 @@ async def test_writer_process_serves_health_and_metrics(own_db: Settings, http: 
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_writer_recovers_when_the_chain_head_moved(own_db: Settings) -> None:
+    dsn = own_db.shard_dsns()[0]
+    a, b = await connect(dsn, 0), await connect(dsn, 0)
+    try:
+        first, second = BatchApplier(a, 0, own_db), BatchApplier(b, 0, own_db)
+        await first.apply([command(Kind.DEPOSIT, "dan", "d1", 100, provider_id="operator")])
+        await second.apply([command(Kind.DEPOSIT, "dan", "d2", 100, provider_id="operator")])
+        out = await first.apply([command(Kind.DEPOSIT, "dan", "d3", 100, provider_id="operator")])
+        assert out.results[0].applied and out.results[0].balance == 300
+        assert (await reconcile({0: dsn}))[0].ok
+    finally:
+        await a.close()
+        await b.close()

@@ -1,0 +1,164 @@
+"""End to end: native bet+win through ``gateway up`` vs. a trivial aiohttp handler, same load, same run.
+
+Each of ``--concurrency`` virtual players plays rounds back to back (bet, then the win settling it),
+with requests prepared and signed before the clock starts so the load generator spends its time
+sending. The same generator then posts the same bodies to a trivial aiohttp JSON handler served the
+same way (uvloop, one process). Reported: calls/s and p50/p95/p99 latency from request to response.
+The generator shares this machine's two cores with everything it measures: compare the ratio, not
+the absolute rates, across machines.
+
+    python -m benchmarks.e2e_bench [--seconds 20] [--concurrency 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from adapters.native import NativeClient
+from gateway.embedded import free_port
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(p / 100 * len(sorted_values)))]
+
+
+async def drive(base: str, rounds: list[list[tuple[str, bytes, dict[str, str]]]], seconds: float,
+                ) -> tuple[int, int, list[float]]:
+    """Every worker sends its prepared requests in order until the time is up."""
+    latencies: list[float] = []
+    errors = 0
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        stop_at = time.perf_counter() + seconds
+
+        async def worker(calls: list[tuple[str, bytes, dict[str, str]]]) -> None:
+            nonlocal errors
+            for path, headers, body in calls:
+                if time.perf_counter() >= stop_at:
+                    return
+                t0 = time.perf_counter()
+                async with http.post(base + path, data=body, headers=headers) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        errors += 1
+                latencies.append(time.perf_counter() - t0)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(r) for r in rounds))
+        elapsed = time.perf_counter() - start
+    return int(len(latencies) / elapsed), errors, sorted(latencies)
+
+
+async def setup_players(base: str, key: str, secret: str, n: int, rounds_each: int
+                        ) -> list[list[tuple[str, bytes, dict[str, str]]]]:
+    native = NativeClient("demo", secret)
+    auth = {"Authorization": f"Bearer {key}"}
+    out = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(n):
+            player = {"tenant_id": "t1", "brand_id": "b1", "license": "MGA",
+                      "player_id": f"bench-{uuid.uuid4().hex[:10]}", "currency": "EUR"}
+            async with http.post(base + "/v1/wallet/deposit", headers=auth, json={
+                    **player, "amount": "1000000.00", "idempotency_key": uuid.uuid4().hex}) as r:
+                assert r.status == 200, await r.text()
+            async with http.post(base + "/v1/sessions", headers=auth, json={**player, "provider_id": "demo"}) as r:
+                launch = (await r.json())["launch_token"]
+            call = native.authenticate(launch)
+            async with http.post(base + call.path, data=call.body, headers=call.headers) as r:
+                token = (await r.json())["session_token"]
+            calls = []
+            for i in range(rounds_each):
+                rid = f"{player['player_id']}-{i}"
+                calls.append(tuple(native.bet(token, f"b-{rid}", rid, "1.00", "EUR")))
+                calls.append(tuple(native.win(token, f"w-{rid}", rid, "0.50", "EUR", bet_transaction_id=f"b-{rid}",
+                                              round_closed=True)))
+            out.append(calls)
+    return out  # type: ignore[return-value]
+
+
+def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+    return log.read_text()
+
+
+def report(name: str, rate: int, errors: int, lat: list[float]) -> None:
+    ms = [x * 1000 for x in lat]
+    print(f"  {name:<34} {rate:>8,} calls/s   p50 {percentile(ms, 50):6.2f} ms   p95 {percentile(ms, 95):6.2f} ms"
+          f"   p99 {percentile(ms, 99):6.2f} ms   errors {errors}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    rounds_each = 4000
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    with tempfile.TemporaryDirectory(prefix="e2e-bench-") as tmp:
+        port = free_port()
+        log = Path(tmp) / "up.log"
+        env.update(GATEWAY_DATA_DIR=f"{tmp}/data", GATEWAY_HTTP_PORT=str(port), GATEWAY_LOG_LEVEL="WARNING",
+                   GATEWAY_WORKERS=str(args.workers), GATEWAY_RL_PLAYER_PER_S="100000",
+                   GATEWAY_RL_PLAYER_BURST="100000", GATEWAY_RL_ROUND_PER_S="100000",
+                   GATEWAY_RL_ROUND_BURST="100000")
+        with log.open("wb") as out:
+            up = subprocess.Popen([sys.executable, "-m", "gateway", "up"], env=env, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                text = wait_for(log, "Ctrl-C stops everything", up)
+                key = re.search(r"operator API key\s+(\S+)", text).group(1)  # type: ignore[union-attr]
+                secret = (Path(tmp) / "data" / "demo.secret").read_text().strip()
+                base = f"http://127.0.0.1:{port}"
+                rounds = asyncio.run(setup_players(base, key, secret, args.concurrency, rounds_each))
+                asyncio.run(drive(base, [r[:50] for r in rounds], 2))  # warm-up
+                gw = asyncio.run(drive(base, [r[50:] for r in rounds], args.seconds))
+            finally:
+                up.send_signal(signal.SIGINT)
+                up.wait(60)
+        tport = free_port()
+        trivial = subprocess.Popen([sys.executable, "-m", "benchmarks.trivial_server", str(tport)])
+        try:
+            tbase = f"http://127.0.0.1:{tport}"
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    asyncio.run(drive(tbase, [rounds[0][:2]], 1))
+                    break
+                except aiohttp.ClientError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+            asyncio.run(drive(tbase, [r[:50] for r in rounds], 2))  # warm-up
+            base_run = asyncio.run(drive(tbase, [r[50:] for r in rounds], args.seconds))
+        finally:
+            trivial.send_signal(signal.SIGINT)
+            trivial.wait(20)
+    print(f"\nend to end: native bet+win, {args.concurrency} players back to back, {args.seconds:.0f} s each, "
+          f"gateway workers {args.workers}")
+    report("gateway (up: bet+win → ledger)", *gw)
+    report("trivial aiohttp JSON handler", *base_run)
+    print(f"  ratio gateway / trivial             {gw[0] / base_run[0]:.1%}")
+    print(orjson.dumps({"gateway_rps": gw[0], "trivial_rps": base_run[0]}).decode())
+
+
+if __name__ == "__main__":
+    main()
