@@ -12,6 +12,7 @@ import asyncio
 import logging
 
 import asyncpg
+import orjson
 from nats.js import JetStreamContext
 
 from gateway.settings import Settings
@@ -71,12 +72,13 @@ class OutboxRelay:
         if not rows:
             return 0
         stream = transport.stream_name(self.settings, self.settings.events_stream_name)
-        # pipelined: every publish goes out before the first ack is awaited
-        acks = [
-            await self.js.publish_async(r["subject"], bytes(r["payload"]), stream=stream,
-                                        headers={transport.MSG_ID_HEADER: r["event_id"]})
-            for r in rows
-        ]
+        # pipelined: every publish goes out before the first ack is awaited; a row holds all the events
+        # of one ledger transaction as [event id, subject, event] triples
+        acks = []
+        for r in rows:
+            for event_id, subject, event in orjson.loads(bytes(r["payload"])):
+                acks.append(await self.js.publish_async(subject, orjson.dumps(event), stream=stream,
+                                                        headers={transport.MSG_ID_HEADER: event_id}))
         await asyncio.wait_for(asyncio.gather(*acks), 10.0)
         await conn.execute("UPDATE outbox_cursor SET last_seq = $1 WHERE id = 1", rows[-1]["seq"])
         self.published += len(rows)

@@ -139,6 +139,7 @@ class Engine:
         self._tx_ids = iter(tx_ids)
         self.cooling_off_ms = cooling_off_ms
         self.events_prefix = events_prefix
+        self._subjects: dict[tuple[str, str], str] = {}
         self._handlers = {
             Kind.BET: self._bet, Kind.WIN: self._win, Kind.ROLLBACK: self._rollback,
             Kind.END_ROUND: self._end_round, Kind.DEPOSIT: self._deposit, Kind.WITHDRAW: self._withdraw,
@@ -414,7 +415,11 @@ class Engine:
             "ref_tx_id": cmd.ref_tx_id, "credit_type": cmd.credit_type, "ledger_tx": ltx,
             "traceparent": cmd.traceparent,
         })
-        subject = f"{self.events_prefix}events.{subject_token(cmd.tenant_id)}.{subject_token(cmd.brand_id)}.{etype}"
+        base = self._subjects.get((cmd.tenant_id, cmd.brand_id))
+        if base is None:
+            base = f"{self.events_prefix}events.{subject_token(cmd.tenant_id)}.{subject_token(cmd.brand_id)}."
+            self._subjects[(cmd.tenant_id, cmd.brand_id)] = base
+        subject = base + etype
         self.m.events.append((event_id, subject, payload))
 
     def _result(self, cmd: Command, status: Status, ltx: int, *, duplicate: bool = False, detail: str = "",

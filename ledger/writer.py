@@ -72,6 +72,7 @@ class BatchApplier:
 
     async def apply(self, cmds: Sequence[Command]) -> BatchOutcome:
         """One transaction for the whole list; on a data error, each command alone (poison isolation)."""
+        failure: BaseException | None = None
         for attempt in (1, 2):
             try:
                 return await self._apply_once(cmds)
@@ -79,17 +80,19 @@ class BatchApplier:
                 self._head = None
                 raise
             except asyncpg.UniqueViolationError as exc:
+                failure = exc
                 self._head = None  # re-read the chain head: someone wrote to this shard behind our back
                 if attempt == 1 and exc.constraint_name == "batches_pkey":
                     log.error("shard %d: the batch chain moved under this writer; retrying on the new head",
                               self.shard)
                     continue
                 break
-            except asyncpg.PostgresError:
+            except asyncpg.PostgresError as exc:
+                failure = exc
                 self._head = None
                 break
         if len(cmds) == 1:
-            log.exception("shard %d: command %s refused by the database", self.shard, cmds[0].cmd_id)
+            log.error("shard %d: command %s refused by the database", self.shard, cmds[0].cmd_id, exc_info=failure)
             return BatchOutcome([_bad(cmds[0], "refused by the ledger database")], 0, 0)
         log.warning("shard %d: batch of %d failed, applying one by one", self.shard, len(cmds))
         results: list[Result] = []
@@ -102,18 +105,14 @@ class BatchApplier:
         seq, prev_hash = await self._chain_head()
         batch_seq = seq + 1
         async with self.conn.transaction():
-            state = await store.load_state(self.conn, cmds, utc_day(now_ms))
-            tx_ids = await store.allocate_tx_ids(self.conn, len(cmds), self.shard)
+            state, tx_ids = await store.load_state(self.conn, cmds, utc_day(now_ms), self.shard, len(cmds))
             engine = Engine(state, batch_seq=batch_seq, now_ms=now_ms, tx_ids=tx_ids,
                             cooling_off_ms=self.cooling_off_ms, events_prefix=self.events_prefix)
             results = [engine.apply(cmd) for cmd in cmds]
             m = engine.m
-            await store.write_mutations(self.conn, m, batch_seq)
             digest = chain.batch_digest((chain.digest_fields(t) for t in m.txs), m.entries)
             new_hash = chain.chain_hash(prev_hash, batch_seq, digest)
-            await self.conn.execute(
-                "INSERT INTO batches (batch_seq, prev_hash, digest, hash, tx_count) VALUES ($1, $2, $3, $4, $5)",
-                batch_seq, prev_hash, digest, new_hash, len(m.txs))
+            await store.write_mutations(self.conn, m, batch_seq, prev_hash, digest, new_hash)
         self._head = (batch_seq, new_hash)
         return BatchOutcome(results, batch_seq, len(m.events))
 

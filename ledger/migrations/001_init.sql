@@ -46,7 +46,6 @@ CREATE TABLE transactions (
     created_at    timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT one_outcome_per_provider_tx UNIQUE (brand_id, provider_id, tx_id)
 );
-CREATE INDEX transactions_batch ON transactions (batch_seq);
 
 CREATE TABLE entries (
     entry_id    bigserial PRIMARY KEY,
@@ -55,9 +54,8 @@ CREATE TABLE entries (
     amount      bigint NOT NULL CHECK (amount <> 0),   -- signed: + credits the account
     batch_seq   bigint NOT NULL
 );
-CREATE INDEX entries_tx ON entries (ledger_tx);
-CREATE INDEX entries_account ON entries (account_id);
-CREATE INDEX entries_batch ON entries (batch_seq);
+-- No secondary indexes on entries: every batch appends thousands of rows, and only reconcile reads
+-- them (full scans, grouped). Balances are read from the balances table, never summed live.
 
 -- State of each bet, for settlement by reference (open -> settled | rolled_back).
 CREATE TABLE bets (
@@ -122,10 +120,11 @@ CREATE TABLE rg_usage (
     PRIMARY KEY (brand_id, player_id, currency, day)
 );
 
--- Transactional outbox: events leave only from here, relayed with event_id as Nats-Msg-Id.
+-- Transactional outbox: events leave only from here. One row per ledger transaction; its payload is a
+-- JSON array of [event id, subject, event], each relayed with its event id as Nats-Msg-Id.
 CREATE TABLE outbox (
     seq         bigserial PRIMARY KEY,
-    event_id    text NOT NULL UNIQUE,
+    event_id    text NOT NULL,              -- the ledger transaction whose events the row holds
     subject     text NOT NULL,
     payload     bytea NOT NULL,
     batch_seq   bigint NOT NULL,

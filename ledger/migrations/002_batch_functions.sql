@@ -1,0 +1,122 @@
+-- One round trip to load everything a batch can touch, one to write everything it decided.
+-- The writer calls gw_load_batch, decides in Python, then gw_write_batch, inside one transaction:
+-- four round trips per batch (BEGIN, load, write, COMMIT) whatever the batch's size. Both take the
+-- batch as one jsonb document of row arrays: PostgreSQL unpacks it in C, so no per-value encoding
+-- work is left on the writer's event loop.
+
+CREATE FUNCTION gw_load_batch(doc jsonb, since date, n_ids integer, shard integer)
+RETURNS json LANGUAGE plpgsql AS $$
+DECLARE
+    out json;
+BEGIN
+    WITH want AS (
+        SELECT r->>0 AS k, r->>1 AS b, r->>2 AS p, r->>3 AS c, r->>4 AS t FROM jsonb_array_elements(doc->'acc') r
+    ), missing AS (
+        SELECT DISTINCT w.k, w.b, w.p, w.c, w.t FROM want w
+         WHERE NOT EXISTS (SELECT 1 FROM accounts a
+                            WHERE a.kind = w.k AND a.brand_id = w.b AND a.player_id = w.p AND a.currency = w.c)
+    ), ins AS (
+        INSERT INTO accounts (kind, brand_id, player_id, currency, tenant_id)
+        SELECT k, b, p, c, t FROM missing
+        ON CONFLICT DO NOTHING
+        RETURNING account_id, kind
+    )
+    INSERT INTO balances (account_id, is_player) SELECT account_id, kind = 'player' FROM ins;
+
+    WITH acc AS (SELECT r->>0 AS k, r->>1 AS b, r->>2 AS p, r->>3 AS c FROM jsonb_array_elements(doc->'acc') r),
+         txk AS (SELECT r->>0 AS b, r->>1 AS p, r->>2 AS x FROM jsonb_array_elements(doc->'tx') r),
+         betk AS (SELECT r->>0 AS b, r->>1 AS p, r->>2 AS x FROM jsonb_array_elements(doc->'bet') r),
+         rndk AS (SELECT r->>0 AS b, r->>1 AS p, r->>2 AS x FROM jsonb_array_elements(doc->'rnd') r),
+         rgk AS (SELECT r->>0 AS b, r->>1 AS p FROM jsonb_array_elements(doc->'rg') r),
+         found_bets AS (SELECT t.* FROM betk k
+                          JOIN bets t ON t.brand_id = k.b AND t.provider_id = k.p AND t.tx_id = k.x)
+    SELECT json_build_object(
+        'accounts', (SELECT json_agg(json_build_array(a.account_id, a.kind, a.brand_id, a.player_id,
+                                                      a.currency, b.balance))
+                       FROM acc w
+                       JOIN accounts a ON a.kind = w.k AND a.brand_id = w.b AND a.player_id = w.p
+                                      AND a.currency = w.c
+                       JOIN balances b USING (account_id)),
+        'txs', (SELECT json_agg(json_build_array(t.brand_id, t.provider_id, t.tx_id, t.ledger_tx, t.status,
+                                                 t.request_hash, t.player_id, t.currency, t.cmd_id))
+                  FROM txk k
+                  JOIN transactions t ON t.brand_id = k.b AND t.provider_id = k.p AND t.tx_id = k.x),
+        'bets', (SELECT json_agg(json_build_array(t.brand_id, t.provider_id, t.tx_id, t.round_id, t.player_id,
+                                                  t.currency, t.amount, t.free_round, t.state, t.ledger_tx))
+                   FROM found_bets t),
+        'tombstones', (SELECT json_agg(json_build_array(t.brand_id, t.provider_id, t.tx_id))
+                         FROM betk k
+                         JOIN tombstones t ON t.brand_id = k.b AND t.provider_id = k.p AND t.tx_id = k.x),
+        'rounds', (SELECT json_agg(json_build_array(r.brand_id, r.provider_id, r.round_id, r.player_id,
+                                                    r.currency, r.bet_count, r.open_bets, r.live_bets,
+                                                    r.bet_total, r.win_total, r.closed))
+                     FROM (SELECT b, p, x FROM rndk
+                           UNION SELECT brand_id, provider_id, round_id FROM found_bets) k
+                     JOIN rounds r ON r.brand_id = k.b AND r.provider_id = k.p AND r.round_id = k.x),
+        'limits', (SELECT json_agg(json_build_array(l.brand_id, l.player_id, l.key, l.value, l.pending_value,
+                                                    l.pending_set, l.pending_from_ms))
+                     FROM rgk k JOIN rg_limits l ON l.brand_id = k.b AND l.player_id = k.p),
+        'usage', (SELECT json_agg(json_build_array(u.brand_id, u.player_id, u.currency, u.day::text, u.staked,
+                                                   u.won))
+                    FROM rgk k
+                    JOIN rg_usage u ON u.brand_id = k.b AND u.player_id = k.p AND u.day >= since),
+        'ids', (SELECT json_agg(nextval('ledger_tx_seq') * 1024 + shard) FROM generate_series(1, n_ids))
+    ) INTO out;
+    RETURN out;
+END $$;
+
+CREATE FUNCTION gw_write_batch(p_batch_seq bigint, p_prev_hash bytea, p_digest bytea, p_hash bytea, doc jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO transactions (ledger_tx, brand_id, provider_id, tx_id, kind, status, request_hash, tenant_id,
+                              license, player_id, currency, round_id, ref_tx_id, amount, credit_type,
+                              batch_seq, traceparent, cmd_id)
+    SELECT (r->>0)::bigint, r->>1, r->>2, r->>3, r->>4, r->>5, r->>6, r->>7, r->>8, r->>9, r->>10, r->>11,
+           r->>12, (r->>13)::bigint, r->>14, p_batch_seq, r->>16, r->>17
+      FROM jsonb_array_elements(doc->'t') r;
+
+    INSERT INTO entries (ledger_tx, account_id, amount, batch_seq)
+    SELECT (r->>0)::bigint, (r->>1)::bigint, (r->>2)::bigint, p_batch_seq FROM jsonb_array_elements(doc->'e') r;
+
+    UPDATE balances bl SET balance = bl.balance + d.delta
+      FROM (SELECT (r->>0)::bigint AS id, (r->>1)::bigint AS delta FROM jsonb_array_elements(doc->'d') r) d
+     WHERE bl.account_id = d.id;
+
+    INSERT INTO bets (brand_id, provider_id, tx_id, round_id, player_id, currency, amount, free_round, state,
+                      ledger_tx)
+    SELECT r->>0, r->>1, r->>2, r->>3, r->>4, r->>5, (r->>6)::bigint, (r->>7)::boolean, r->>8, (r->>9)::bigint
+      FROM jsonb_array_elements(doc->'b') r
+    ON CONFLICT (brand_id, provider_id, tx_id) DO UPDATE SET state = EXCLUDED.state;
+
+    INSERT INTO rounds (brand_id, provider_id, round_id, player_id, currency, bet_count, open_bets, live_bets,
+                        bet_total, win_total, closed)
+    SELECT r->>0, r->>1, r->>2, r->>3, r->>4, (r->>5)::integer, (r->>6)::integer, (r->>7)::integer,
+           (r->>8)::bigint, (r->>9)::bigint, (r->>10)::boolean
+      FROM jsonb_array_elements(doc->'r') r
+    ON CONFLICT (brand_id, provider_id, round_id) DO UPDATE SET
+        bet_count = EXCLUDED.bet_count, open_bets = EXCLUDED.open_bets, live_bets = EXCLUDED.live_bets,
+        bet_total = EXCLUDED.bet_total, win_total = EXCLUDED.win_total, closed = EXCLUDED.closed;
+
+    INSERT INTO tombstones (brand_id, provider_id, tx_id, ledger_tx)
+    SELECT r->>0, r->>1, r->>2, (r->>3)::bigint FROM jsonb_array_elements(doc->'s') r;
+
+    INSERT INTO rg_limits (brand_id, player_id, key, value, pending_value, pending_set, pending_from_ms)
+    SELECT r->>0, r->>1, r->>2, (r->>3)::bigint, (r->>4)::bigint, (r->>5)::boolean, (r->>6)::bigint
+      FROM jsonb_array_elements(doc->'l') r
+    ON CONFLICT (brand_id, player_id, key) DO UPDATE SET value = EXCLUDED.value,
+        pending_value = EXCLUDED.pending_value, pending_set = EXCLUDED.pending_set,
+        pending_from_ms = EXCLUDED.pending_from_ms;
+
+    INSERT INTO rg_usage (brand_id, player_id, currency, day, staked, won)
+    SELECT r->>0, r->>1, r->>2, (r->>3)::date, (r->>4)::bigint, (r->>5)::bigint
+      FROM jsonb_array_elements(doc->'u') r
+    ON CONFLICT (brand_id, player_id, currency, day) DO UPDATE SET
+        staked = rg_usage.staked + EXCLUDED.staked, won = rg_usage.won + EXCLUDED.won;
+
+    -- the payload is the event's JSON text exactly as the writer encoded it (sent as a JSON string)
+    INSERT INTO outbox (event_id, subject, payload, batch_seq)
+    SELECT r->>0, r->>1, convert_to(r->>2, 'UTF8'), p_batch_seq FROM jsonb_array_elements(doc->'o') r;
+
+    INSERT INTO batches (batch_seq, prev_hash, digest, hash, tx_count)
+    VALUES (p_batch_seq, p_prev_hash, p_digest, p_hash, jsonb_array_length(doc->'t'));
+END $$;
