@@ -122,7 +122,8 @@ def main() -> None:
                    GATEWAY_RL_PLAYER_BURST="100000", GATEWAY_RL_ROUND_PER_S="100000",
                    GATEWAY_RL_ROUND_BURST="100000")
         with log.open("wb") as out:
-            up = subprocess.Popen([sys.executable, "-m", "gateway", "up"], env=env, stdout=out, stderr=subprocess.STDOUT)
+            up = subprocess.Popen([sys.executable, "-m", "gateway", "up"], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
             try:
                 text = wait_for(log, "Ctrl-C stops everything", up)
                 key = re.search(r"operator API key\s+(\S+)", text).group(1)  # type: ignore[union-attr]

@@ -54,7 +54,6 @@ class _ShardState:
     queue: ShardQueue
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     inflight: int = 0
-    slot_free: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class LedgerClient:
@@ -64,8 +63,8 @@ class LedgerClient:
         self.js = nc.jetstream()
         self.shards = settings.shards
         self.max_inflight = settings.ledger_inflight_batches
-        self.batcher = Batcher(settings.shards, settings.batch_max_commands, settings.batch_max_bytes,
-                               settings.batch_max_delay_ms * 1_000_000)
+        self._batchers = [Batcher(1, settings.batch_max_commands, settings.batch_max_bytes,
+                                  settings.batch_max_delay_ms * 1_000_000) for _ in range(settings.shards)]
         self._state = [
             _ShardState(ShardQueue(settings.queue_max_depth, settings.queue_target_ms * 1_000_000,
                                    settings.queue_interval_ms * 1_000_000))
@@ -154,10 +153,14 @@ class LedgerClient:
 
     # ------------------------------------------------------------------ pump: queue → batcher → JetStream
     async def _pump(self, shard: int) -> None:
+        """Queue → batcher → JetStream. Adaptive: with nothing in flight a command goes at once; while
+        batches are in flight, commands gather (up to the delay, count and byte bounds); while the window
+        is full they wait in the queue, where their sojourn time drives shedding."""
         st = self._state[shard]
+        batcher = self._batchers[shard]
         while True:
+            st.wake.clear()
             now = time.monotonic_ns()
-            deadline = self.batcher.next_deadline_ns()
             while st.inflight < self.max_inflight:
                 item = st.queue.take(now)
                 if item is None:
@@ -165,41 +168,36 @@ class LedgerClient:
                 assert isinstance(item, _Pending)
                 if item.future.done() and item.cmd.kind in _SHEDDABLE:
                     continue  # its caller gave up on this bet: the provider will roll it back, don't send
-                full = self.batcher.add(shard, item.cmd.cmd_id, item.payload, now)
+                full = batcher.add(0, item.cmd.cmd_id, item.payload, now)
                 if full is not None:
-                    self._launch(full)
-            for batch in self.batcher.due(now):
-                self._launch(batch)
-            if st.inflight >= self.max_inflight:
-                st.slot_free.clear()
-                await st.slot_free.wait()
-                continue
-            deadline = self.batcher.next_deadline_ns()
-            st.wake.clear()
-            timeout = None if deadline is None else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
-            if timeout is None and self.batcher.pending(shard) == 0 and st.queue.depth(LANE_SETTLE) + st.queue.depth(
-                LANE_BET
-            ) == 0:
+                    self._launch(shard, full)
+            if st.inflight == 0:
+                for batch in batcher.flush_all():
+                    self._launch(shard, batch)
+            elif st.inflight < self.max_inflight:
+                for batch in batcher.due(now):
+                    self._launch(shard, batch)
+            deadline = batcher.next_deadline_ns() if st.inflight < self.max_inflight else None
+            if deadline is None:
                 await st.wake.wait()
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(st.wake.wait(), timeout if timeout is not None else 0.001)
+                    await asyncio.wait_for(st.wake.wait(), max(0.0, (deadline - time.monotonic_ns()) / 1e9))
 
-    def _launch(self, batch: Batch) -> None:
-        st = self._state[batch.shard]
+    def _launch(self, shard: int, batch: Batch) -> None:
+        st = self._state[shard]
         st.inflight += 1
-        task = asyncio.create_task(self._publish(batch))
+        task = asyncio.create_task(self._publish(shard, batch))
         task.add_done_callback(functools.partial(self._release, st))
 
     def _release(self, st: _ShardState, _task: asyncio.Task[None]) -> None:
         st.inflight -= 1
-        st.slot_free.set()
         st.wake.set()
 
-    async def _publish(self, batch: Batch) -> None:
+    async def _publish(self, shard: int, batch: Batch) -> None:
         """Publish (retrying with the same message id) then hold the slot until answered or timed out."""
         msg_id = f"{self._instance}-{next(self._batch_ids)}"
-        subject = transport.cmd_subject(self.settings, batch.shard)
+        subject = transport.cmd_subject(self.settings, shard)
         headers = {transport.MSG_ID_HEADER: msg_id, transport.REPLY_HEADER: self.reply_subject}
         body = batch.encode()
         futures = [f for c in batch.cmd_ids if (p := self._waiting.get(c)) is not None and not (f := p.future).done()]
@@ -212,7 +210,7 @@ class LedgerClient:
             except (nats.errors.TimeoutError, nats.js.errors.APIError, nats.errors.NoRespondersError) as exc:
                 if time.monotonic() >= deadline:
                     log.warning("batch %s to shard %d not stored after %d attempts: %s",
-                                msg_id, batch.shard, attempt + 1, exc)
+                                msg_id, shard, attempt + 1, exc)
                     return
                 await asyncio.sleep(min(0.05 * (attempt + 1), 0.25))
         if futures:

@@ -31,6 +31,7 @@ class Puller:
         self._queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._owed = 0  # messages the outstanding request may still deliver
         self._sub: Subscription | None = None
+        self._renew: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(self.inbox, cb=self._on_msg)
@@ -53,6 +54,9 @@ class Puller:
                 log.warning("pull request on %s ended: %s %s", self.subject, status,
                             msg.headers.get("Description", "") if msg.headers else "")
             self._owed = 0
+            # keep a request outstanding even while next() is waiting, or arrivals would sit unpulled
+            # until its wait ran out
+            self._renew = asyncio.ensure_future(self._ensure_request())
 
     async def _ensure_request(self) -> None:
         if self._owed == 0:

@@ -39,6 +39,9 @@ async def load_state(conn: asyncpg.Connection, cmds: Sequence[Command], today: d
             want[("player", c.brand_id, c.player_id, c.currency)] = c.tenant_id
             other = "cash" if c.kind in (Kind.DEPOSIT, Kind.WITHDRAW) else "house"
             want[(other, c.brand_id, "", c.currency)] = c.tenant_id
+        elif c.kind is Kind.END_ROUND:
+            # an end of round moves no money, but its result reports the player's balance
+            want[("player", c.brand_id, c.player_id, c.currency)] = c.tenant_id
     round_keys = list({(c.brand_id, c.provider_id, c.round_id) for c in cmds if c.kind is not Kind.RG_SET})
     bets = list(bet_keys)
     keys = {

@@ -1,20 +1,22 @@
 """The in-memory wallet and the HTTP harness the adapter tests run on (fixtures are in ``conftest.py``).
 
-``FakeWallet`` implements ``WalletPort`` with the ledger's documented semantics kept deliberately simple
-(balances, idempotency by (brand, provider, tx id) with a request-hash conflict, tombstones, bet/round
-linkage, single settlement, end of round) and can be told to fail (retryable errors before or after the
-command was applied) or to refuse bets for responsible gaming. It proves the adapters answer each ledger
-outcome correctly, not that the ledger computes them. Refusals are not recorded under the idempotency key
-(a refused command changed nothing, so its retry is decided afresh).
+``FakeWallet`` implements ``WalletPort`` with the ledger's semantics (``ledger.rules.Engine``) kept
+deliberately simple (balances, idempotency by (brand, provider, tx id) with a request-hash conflict,
+tombstones, bet/round linkage and ownership, single settlement, end of round) and can be told to fail
+(retryable errors before or after the command was applied) or to refuse bets for responsible gaming. It
+proves the adapters answer each ledger outcome correctly, not that the ledger computes them; the same tests
+run against the real ledger (``real_backend.py``), which is the truth where the two could differ. As in the
+ledger, every outcome is final under its idempotency key, refusals included: a retry answers it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -25,7 +27,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from adapters.base import Adapter, PlayerSession, ProviderConfig
 from adapters.flow import Call
 from gateway.errors import GatewayError, InvalidToken, TokenExpired, UnknownPlayer
-from ledger.commands import APPLIED, Command, Kind, Result, Status
+from ledger.commands import Command, Kind, Result, Status
 
 BRAND = "brand-a"
 
@@ -35,11 +37,13 @@ BRAND = "brand-a"
 class _Bet:
     amount: int
     round_key: tuple[str, str, str]
+    player: str
     state: str = "open"  # open | settled | rolled_back
 
 
 @dataclass
 class _Round:
+    player: str  # the round's owner: another player's settlement or end of it is refused
     bets: list[tuple[str, str, str]] = field(default_factory=list)
     closed: bool = False
 
@@ -69,8 +73,10 @@ class FakeWallet:
 
     # --- test hooks (a real backend offers the same, async) ----------------------------------------
     async def add_player(self, provider_id: str, *, balance: int = 100_00, currency: str = "EUR",
-                         player_id: str | None = None, brand: str = BRAND) -> PlayerSession:
-        """A funded player with a live session token at ``provider_id``."""
+                         player_id: str | None = None, brand: str = BRAND,
+                         beside: PlayerSession | None = None) -> PlayerSession:
+        """A funded player with a live session token at ``provider_id`` (``beside``: on the same ledger
+        shard as that player; this wallet has one)."""
         session = PlayerSession(
             token=secrets.token_hex(12), provider_id=provider_id, tenant_id="tenant-1", brand_id=brand,
             license="MGA", player_id=player_id or f"p{secrets.token_hex(5)}", currency=currency,
@@ -96,6 +102,17 @@ class FakeWallet:
 
     async def refuse_bets(self, player_id: str, status: Status) -> None:
         self.refusals[player_id] = status
+
+    @contextlib.asynccontextmanager
+    async def mounted(self, config: ProviderConfig, sim: Any) -> AsyncIterator[Provider]:
+        """``config``'s adapter on this wallet, mounted as the gateway mounts it, for the duration."""
+        from gateway.providers import adapter_class
+
+        http = await mount(adapter_class(config.protocol)(config, self))
+        try:
+            yield Provider(http, sim, config, f"/v1/providers/{config.id}")
+        finally:
+            await http.close()
 
     # --- WalletPort ---------------------------------------------------------------------------------
     async def open_session(self, provider_id: str, launch_token: str) -> PlayerSession:
@@ -165,13 +182,9 @@ class FakeWallet:
             return replace(first, cmd_id=cmd.cmd_id, balance=self.balances.get(wallet, 0), duplicate=True)
         status = {Kind.BET: self._bet, Kind.WIN: self._win, Kind.ROLLBACK: self._rollback,
                   Kind.END_ROUND: self._end_round}[cmd.kind](cmd, key, wallet)
-        ledger_tx = 0
-        if status in APPLIED:
-            self._next_tx += 1
-            ledger_tx = self._next_tx
-        result = Result(cmd.cmd_id, status, self.balances.get(wallet, 0), cmd.currency, ledger_tx)
-        if status in APPLIED:
-            self.records[key] = (digest, result)
+        self._next_tx += 1
+        result = Result(cmd.cmd_id, status, self.balances.get(wallet, 0), cmd.currency, self._next_tx)
+        self.records[key] = (digest, result)  # final, refusals included
         return result
 
     def _round(self, cmd: Command) -> tuple[str, str, str]:
@@ -185,18 +198,19 @@ class FakeWallet:
             return Status.ROUND_CLOSED
         if cmd.player_id in self.refusals:
             return self.refusals[cmd.player_id]
-        if cmd.amount > self.balances.get(wallet, 0):
+        stake = 0 if cmd.free_round else cmd.amount
+        if stake > self.balances.get(wallet, 0):
             return Status.INSUFFICIENT_FUNDS
-        self.balances[wallet] = self.balances.get(wallet, 0) - cmd.amount
-        rnd = self.rounds.setdefault(self._round(cmd), _Round())
+        self.balances[wallet] = self.balances.get(wallet, 0) - stake
+        rnd = self.rounds.setdefault(self._round(cmd), _Round(cmd.player_id))
         rnd.bets.append(key)
-        self.bets[key] = _Bet(cmd.amount, self._round(cmd))
+        self.bets[key] = _Bet(stake, self._round(cmd), cmd.player_id)
         if cmd.round_closed:
             rnd.closed = True
         return Status.OK
 
-    def _round_state(self, cmd: Command) -> Status | None:
-        rnd = self.rounds.get(self._round(cmd))
+    def _round_state(self, round_key: tuple[str, str, str]) -> Status | None:
+        rnd = self.rounds.get(round_key)
         if rnd is None or not rnd.bets:
             return Status.ROUND_NOT_FOUND
         if all(self.bets[b].state == "rolled_back" for b in rnd.bets):
@@ -204,48 +218,66 @@ class FakeWallet:
         return None
 
     def _win(self, cmd: Command, key: tuple[str, str, str], wallet: tuple[str, str, str]) -> Status:
+        round_key = self._round(cmd)
+        bet: _Bet | None = None
         if cmd.ref_tx_id is not None:
             ref = (cmd.brand_id, cmd.provider_id, cmd.ref_tx_id)
             bet = self.bets.get(ref)
             if bet is None:
-                return Status.TX_ROLLED_BACK if ref in self.tombstones else Status.BET_NOT_FOUND
-            if bet.state == "rolled_back":
-                return Status.BET_ALREADY_SETTLED if cmd.single_settlement else Status.TX_ROLLED_BACK
-            if bet.state == "settled" and cmd.single_settlement:
+                if ref in self.tombstones:
+                    return Status.TX_ROLLED_BACK
+                if not cmd.free_round:  # a free-round win needs no bet
+                    return Status.BET_NOT_FOUND
+            elif bet.state == "rolled_back":
+                return Status.TX_ROLLED_BACK
+            elif bet.state == "settled" and cmd.single_settlement:
                 return Status.BET_ALREADY_SETTLED
-            bet.state = "settled"
+            if bet is not None:
+                round_key = bet.round_key
         elif cmd.credit_type == "win" and not cmd.free_round:
-            refusal = self._round_state(cmd)
+            # a plain win settles a round's bets; bonus, jackpot, promo and adjustment credits need none
+            refusal = self._round_state(round_key)
             if refusal is not None:
                 return refusal
+        rnd = self.rounds.get(round_key)
+        if (bet is not None and bet.player != cmd.player_id) or (rnd is not None and rnd.player != cmd.player_id):
+            return Status.BET_NOT_FOUND
         self.balances[wallet] = self.balances.get(wallet, 0) + cmd.amount
+        rnd = self.rounds.setdefault(round_key, _Round(cmd.player_id))
+        if bet is not None and bet.state == "open":
+            bet.state = "settled"
         if cmd.round_closed:
-            self.rounds.setdefault(self._round(cmd), _Round()).closed = True
+            rnd.closed = True
         return Status.OK
 
     def _rollback(self, cmd: Command, key: tuple[str, str, str], wallet: tuple[str, str, str]) -> Status:
         assert cmd.ref_tx_id is not None
         ref = (cmd.brand_id, cmd.provider_id, cmd.ref_tx_id)
         bet = self.bets.get(ref)
-        again = Status.BET_ALREADY_SETTLED if cmd.single_settlement else Status.ALREADY_ROLLED_BACK
         if bet is None:
             if ref in self.tombstones:
-                return again
+                return Status.ALREADY_ROLLED_BACK
             self.tombstones.add(ref)
             return Status.TOMBSTONED
+        if bet.player != cmd.player_id:
+            return Status.BET_NOT_FOUND
         if bet.state == "rolled_back":
-            return again
-        if bet.state == "settled" and cmd.single_settlement:
-            return Status.BET_ALREADY_SETTLED
+            return Status.BET_ALREADY_SETTLED if cmd.single_settlement else Status.ALREADY_ROLLED_BACK
+        if bet.state == "settled":
+            return Status.BET_ALREADY_SETTLED  # nothing left to undo
         self.balances[wallet] = self.balances.get(wallet, 0) + bet.amount
         bet.state = "rolled_back"
+        rnd = self.rounds.get(bet.round_key)
+        if rnd is not None and cmd.round_closed:
+            rnd.closed = True
         return Status.OK
 
     def _end_round(self, cmd: Command, key: tuple[str, str, str], wallet: tuple[str, str, str]) -> Status:
-        refusal = self._round_state(cmd)
-        if refusal is not None:
-            return refusal
-        self.rounds[self._round(cmd)].closed = True
+        # ending a round never seen (or whose bets were all rolled back) closes it all the same
+        rnd = self.rounds.setdefault(self._round(cmd), _Round(cmd.player_id))
+        if rnd.player != cmd.player_id:
+            return Status.ROUND_NOT_FOUND
+        rnd.closed = True
         return Status.OK
 
 
@@ -263,15 +295,20 @@ class Reply:
 
 @dataclass
 class Provider:
-    """One mounted provider: ``send`` a simulator ``Call`` and read the ``Reply``."""
+    """One mounted provider: ``send`` a simulator ``Call`` and read the ``Reply``.
 
-    http: TestClient[web.Request, web.Application]
+    ``http`` is a ``TestClient`` of the mounted adapter (``url`` empty) or, for a real gateway, an
+    ``aiohttp.ClientSession`` and ``url`` the gateway's root URL.
+    """
+
+    http: Any
     sim: Any
     config: ProviderConfig
     base: str
+    url: str = ""
 
     async def send(self, call: Call) -> Reply:
-        async with self.http.post(call.path, headers=call.headers, data=call.body) as resp:
+        async with self.http.post(self.url + call.path, headers=call.headers, data=call.body) as resp:
             return Reply(resp.status, await resp.read())
 
     async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> Reply:

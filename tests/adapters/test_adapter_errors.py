@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adapter_harness import FakeWallet, Provider
+from adapter_harness import Provider
+from real_backend import Backend
 
 from adapters.base import Adapter
 from adapters.evolution import EvolutionAdapter
@@ -104,7 +105,7 @@ TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 async def test_traceparent_reaches_the_command(hub88: Provider, pragmatic: Provider, evolution: Provider,
-                                               wallet: FakeWallet) -> None:
+                                               wallet: Backend) -> None:
     for p in (hub88, pragmatic, evolution):
         s = await wallet.add_player(p.config.id)
         first = p.sim.round(s.player_id, s.token, currency="EUR", bet=1_00, win=0)[0]

@@ -7,11 +7,13 @@ from typing import Any
 
 import orjson
 import pytest
-from adapter_harness import FakeWallet, Provider, mount, networks
+from adapter_harness import FakeWallet, Provider, networks
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from docs_examples import hub88_round, matches
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from real_backend import Backend, RealBackend
 
 from adapters.base import PlayerSession, ProviderConfig
 from adapters.flow import Call
@@ -28,7 +30,7 @@ async def ask(p: Provider, call: Call) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def player(wallet: FakeWallet, hub88: Provider) -> PlayerSession:
+async def player(wallet: Backend, hub88: Provider) -> PlayerSession:
     return await wallet.add_player(hub88.config.id, balance=100_00)
 
 
@@ -61,7 +63,7 @@ async def test_balance_shape(hub88: Provider, player: PlayerSession) -> None:
                     "balance": 100_00 * 1000}
 
 
-async def test_round_bet_then_win(hub88: Provider, wallet: FakeWallet, player: PlayerSession) -> None:
+async def test_round_bet_then_win(hub88: Provider, wallet: Backend, player: PlayerSession) -> None:
     bet_call, win_call = hub88.sim.round(player.player_id, player.token, currency="EUR", bet=2_50, win=10_05)
     assert orjson.loads(bet_call.body)["amount"] == 250_000
     data = await ask(hub88, bet_call)
@@ -75,20 +77,20 @@ async def test_round_bet_then_win(hub88: Provider, wallet: FakeWallet, player: P
     assert (cmd.kind, cmd.ref_tx_id, cmd.round_closed) == (Kind.WIN, bet_id, True)
 
 
-async def test_zero_exponent_currency(hub88: Provider, wallet: FakeWallet) -> None:
+async def test_zero_exponent_currency(hub88: Provider, wallet: Backend) -> None:
     s = await wallet.add_player(hub88.config.id, balance=5000, currency="JPY")
     data = await ask(hub88, bet(hub88, s, 100))
     assert (data["status"], data["balance"], data["currency"]) == ("RS_OK", 4900 * 100_000, "JPY")
 
 
-async def test_free_bet_moves_no_cash(hub88: Provider, wallet: FakeWallet, player: PlayerSession) -> None:
+async def test_free_bet_moves_no_cash(hub88: Provider, wallet: Backend, player: PlayerSession) -> None:
     data = await ask(hub88, bet(hub88, player, 1_00, is_free=True))
     assert (data["status"], data["balance"]) == ("RS_OK", 100_00_000)
     assert wallet.executed[-1].free_round and wallet.executed[-1].amount == 0
 
 
 # --- retries and idempotency ----------------------------------------------------------------------
-async def test_retried_bet_debits_once(hub88: Provider, wallet: FakeWallet, player: PlayerSession) -> None:
+async def test_retried_bet_debits_once(hub88: Provider, wallet: Backend, player: PlayerSession) -> None:
     payload = hub88.sim.bet_payload(player.player_id, player.token, amount=1_00, currency="EUR", round="r1")
     first = await ask(hub88, hub88.sim.signed("/transaction/bet", payload))
     payload["request_uuid"] = hub88.sim.new_id()  # a retry is a new attempt of the same transaction
@@ -99,7 +101,7 @@ async def test_retried_bet_debits_once(hub88: Provider, wallet: FakeWallet, play
     assert await wallet.balance(player) == 99_00
 
 
-async def test_retried_win_credits_once(hub88: Provider, wallet: FakeWallet, player: PlayerSession) -> None:
+async def test_retried_win_credits_once(hub88: Provider, wallet: Backend, player: PlayerSession) -> None:
     b = bet(hub88, player, 1_00)
     await ask(hub88, b)
     w = win(hub88, player, 3_00, orjson.loads(b.body)["transaction_uuid"])
@@ -117,7 +119,7 @@ async def test_same_id_other_details_is_duplicate_transaction(hub88: Provider, p
 
 
 # --- rollbacks ------------------------------------------------------------------------------------
-async def test_rollback_of_unknown_bet_tombstones(hub88: Provider, wallet: FakeWallet,
+async def test_rollback_of_unknown_bet_tombstones(hub88: Provider, wallet: Backend,
                                                   player: PlayerSession) -> None:
     bet_id = hub88.sim.new_id()
     rb = hub88.sim.rollback(player.player_id, player.token, reference=bet_id, round="r1")
@@ -131,7 +133,7 @@ async def test_rollback_of_unknown_bet_tombstones(hub88: Provider, wallet: FakeW
     assert await wallet.balance(player) == 100_00
 
 
-async def test_rollback_refunds_and_win_after_rollback_refused(hub88: Provider, wallet: FakeWallet,
+async def test_rollback_refunds_and_win_after_rollback_refused(hub88: Provider, wallet: Backend,
                                                                player: PlayerSession) -> None:
     b = bet(hub88, player, 5_00)
     bet_id = orjson.loads(b.body)["transaction_uuid"]
@@ -148,13 +150,55 @@ async def test_win_of_unknown_bet(hub88: Provider, player: PlayerSession) -> Non
     assert data["status"] == "RS_ERROR_TRANSACTION_DOES_NOT_EXIST"
 
 
-async def test_bet_on_closed_round(hub88: Provider, wallet: FakeWallet, player: PlayerSession) -> None:
+async def test_bet_on_closed_round(hub88: Provider, wallet: Backend, player: PlayerSession) -> None:
     b = bet(hub88, player, 1_00)
     await ask(hub88, b)
     await ask(hub88, win(hub88, player, 0, orjson.loads(b.body)["transaction_uuid"], round_closed=True))
     data = await ask(hub88, bet(hub88, player, 1_00))
     assert data["status"] == "RS_ERROR_UNKNOWN"
     assert await wallet.balance(player) == 99_00
+
+
+async def test_rollback_after_win_refused(hub88: Provider, wallet: Backend, player: PlayerSession) -> None:
+    b = bet(hub88, player, 5_00)
+    bet_id = orjson.loads(b.body)["transaction_uuid"]
+    await ask(hub88, b)
+    assert (await ask(hub88, win(hub88, player, 7_00, bet_id)))["balance"] == 102_00_000
+    late = await ask(hub88, hub88.sim.rollback(player.player_id, player.token, reference=bet_id, round="r1"))
+    assert late["status"] == "RS_ERROR_DUPLICATE_TRANSACTION"  # the bet was settled: nothing to undo
+    assert await wallet.balance(player) == 102_00
+
+
+async def test_settlements_never_touch_another_players_bet(hub88: Provider, wallet: Backend,
+                                                           player: PlayerSession) -> None:
+    b = bet(hub88, player, 5_00)
+    bet_id = orjson.loads(b.body)["transaction_uuid"]
+    await ask(hub88, b)
+    other = await wallet.add_player(hub88.config.id, beside=player)
+    stolen = await ask(hub88, win(hub88, other, 50_00, bet_id))
+    assert stolen["status"] == "RS_ERROR_TRANSACTION_DOES_NOT_EXIST"
+    undone = await ask(hub88, hub88.sim.rollback(other.player_id, other.token, reference=bet_id, round="r1"))
+    assert undone["status"] == "RS_ERROR_TRANSACTION_DOES_NOT_EXIST"
+    assert (await wallet.balance(player), await wallet.balance(other)) == (95_00, 100_00)
+    assert (await ask(hub88, win(hub88, player, 6_00, bet_id)))["balance"] == 101_00_000  # still the owner's
+
+
+async def test_free_round_win_needs_no_bet(hub88: Provider, wallet: Backend, player: PlayerSession) -> None:
+    free = win(hub88, player, 3_00, hub88.sim.new_id(), is_free=True)
+    data = await ask(hub88, free)
+    assert (data["status"], data["balance"]) == ("RS_OK", 103_00_000)
+    assert await wallet.balance(player) == 103_00
+
+
+async def test_refused_bet_keeps_its_outcome(hub88: Provider, wallet: Backend, player: PlayerSession) -> None:
+    """A transaction id's outcome is final, refusals included: a retry after the balance grew is refused."""
+    b = bet(hub88, player, 150_00)
+    assert (await ask(hub88, b))["status"] == "RS_ERROR_NOT_ENOUGH_MONEY"
+    for call in hub88.sim.round(player.player_id, player.token, currency="EUR", bet=10_00, win=100_00):
+        assert (await ask(hub88, call))["status"] == "RS_OK"
+    again = await ask(hub88, b)
+    assert (again["status"], again["balance"]) == ("RS_ERROR_NOT_ENOUGH_MONEY", 190_00_000)
+    assert await wallet.balance(player) == 190_00
 
 
 # --- refusals -------------------------------------------------------------------------------------
@@ -170,13 +214,13 @@ async def test_insufficient_funds_carries_balance(hub88: Provider, player: Playe
     (Status.SESSION_LIMIT, "RS_ERROR_LIMIT_REACHED"),
     (Status.SELF_EXCLUDED, "RS_ERROR_USER_DISABLED"),
 ])
-async def test_responsible_gaming_refusal(hub88: Provider, wallet: FakeWallet, player: PlayerSession,
+async def test_responsible_gaming_refusal(hub88: Provider, wallet: Backend, player: PlayerSession,
                                           status: Status, code: str) -> None:
     await wallet.refuse_bets(player.player_id, status)
     assert (await ask(hub88, bet(hub88, player, 1_00)))["status"] == code
 
 
-async def test_invalid_and_expired_tokens(hub88: Provider, wallet: FakeWallet, player: PlayerSession) -> None:
+async def test_invalid_and_expired_tokens(hub88: Provider, wallet: Backend, player: PlayerSession) -> None:
     bad = hub88.sim.bet(player.player_id, "nope", amount=1_00, currency="EUR", round="r1")
     assert (await ask(hub88, bad))["status"] == "RS_ERROR_INVALID_TOKEN"
     b = bet(hub88, player, 1_00)
@@ -192,7 +236,7 @@ async def test_invalid_and_expired_tokens(hub88: Provider, wallet: FakeWallet, p
     assert (await ask(hub88, hub88.sim.balance(player.player_id, player.token)))["status"] == "RS_OK"
 
 
-async def test_unknown_player_and_foreign_token(hub88: Provider, wallet: FakeWallet,
+async def test_unknown_player_and_foreign_token(hub88: Provider, wallet: Backend,
                                                 player: PlayerSession) -> None:
     assert (await ask(hub88, hub88.sim.user_info("ghost")))["status"] == "RS_ERROR_INVALID_TOKEN"
     other = await wallet.add_player(hub88.config.id)
@@ -210,23 +254,19 @@ async def test_wrong_and_unknown_currency(hub88: Provider, player: PlayerSession
     assert data["status"] == "RS_ERROR_WRONG_CURRENCY"
 
 
-async def test_brand_not_served(wallet: FakeWallet, hub88_config: ProviderConfig,
-                                rsa_keys: tuple[str, str]) -> None:
+async def test_brand_not_served(wallet: Backend, rsa_keys: tuple[str, str]) -> None:
     config = ProviderConfig(id="hub88", protocol="hub88", public_key_pem=rsa_keys[1], brands=("other",))
-    http = await mount(Hub88Adapter(config, wallet))
-    try:
-        p = Provider(http, Hub88Client(rsa_keys[0], base_path="/v1/providers/hub88"), config,
-                     "/v1/providers/hub88")
+    async with wallet.mounted(config, Hub88Client(rsa_keys[0], base_path="/v1/providers/hub88")) as p:
         s = await wallet.add_player("hub88")
         assert (await ask(p, bet(p, s, 1_00)))["status"] == "RS_ERROR_INVALID_PARTNER"
-    finally:
-        await http.close()
+        assert wallet.executed == []
+        assert await wallet.balance(s) == 100_00
 
 
 # --- retryable failures ---------------------------------------------------------------------------
 @pytest.mark.parametrize("exc", [RateLimited(), Overloaded(), LedgerTimeout()], ids=lambda x: x.code)
 @pytest.mark.parametrize("after_apply", [False, True], ids=["not-applied", "applied"])
-async def test_retryable_bet_then_rollback(hub88: Provider, wallet: FakeWallet, player: PlayerSession,
+async def test_retryable_bet_then_rollback(hub88: Provider, wallet: Backend, player: PlayerSession,
                                           exc: Exception, after_apply: bool) -> None:
     await wallet.fail_next(exc, after_apply=after_apply)  # type: ignore[arg-type]
     b = bet(hub88, player, 4_00)
@@ -239,7 +279,7 @@ async def test_retryable_bet_then_rollback(hub88: Provider, wallet: FakeWallet, 
     assert await wallet.balance(player) == 100_00
 
 
-async def test_retryable_win_then_retry(hub88: Provider, wallet: FakeWallet, player: PlayerSession) -> None:
+async def test_retryable_win_then_retry(hub88: Provider, wallet: Backend, player: PlayerSession) -> None:
     b = bet(hub88, player, 1_00)
     await ask(hub88, b)
     await wallet.fail_next(LedgerTimeout(), after_apply=True)
@@ -249,7 +289,7 @@ async def test_retryable_win_then_retry(hub88: Provider, wallet: FakeWallet, pla
     assert (data["status"], data["balance"]) == ("RS_OK", 104_00_000)
 
 
-async def test_crash_is_still_http_200(hub88: Provider, wallet: FakeWallet, player: PlayerSession,
+async def test_crash_is_still_http_200(hub88: Provider, wallet: Backend, player: PlayerSession,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     async def boom(*a: object, **k: object) -> None:
         raise RuntimeError("bug")
@@ -260,7 +300,7 @@ async def test_crash_is_still_http_200(hub88: Provider, wallet: FakeWallet, play
 
 
 # --- authentication and strict parsing ------------------------------------------------------------
-async def test_signature_tampering(hub88: Provider, wallet: FakeWallet, player: PlayerSession) -> None:
+async def test_signature_tampering(hub88: Provider, wallet: Backend, player: PlayerSession) -> None:
     good = bet(hub88, player, 1_00)
     tampered = Call(good.path, good.headers, good.body.replace(b'"amount":100000', b'"amount":1000'))
     assert tampered.body != good.body
@@ -278,11 +318,13 @@ async def test_signature_tampering(hub88: Provider, wallet: FakeWallet, player: 
     reformatted = Call(good.path, good.headers, orjson.dumps(orjson.loads(good.body), option=orjson.OPT_INDENT_2))
     assert (await ask(hub88, reformatted))["status"] == "RS_ERROR_INVALID_SIGNATURE"
     assert wallet.executed == []
+    assert await wallet.balance(player) == 100_00  # no money moved
     assert base64.b64decode(good.headers[SIGNATURE_HEADER])  # the good one is plain base64
+    assert (await ask(hub88, good))["balance"] == 99_00_000  # and the untampered call is accepted
 
 
 @pytest.mark.parametrize("amount", [100_500, 1, 999, 100_001])
-async def test_excess_precision_refused(hub88: Provider, wallet: FakeWallet, player: PlayerSession,
+async def test_excess_precision_refused(hub88: Provider, wallet: Backend, player: PlayerSession,
                                         amount: int) -> None:
     payload = hub88.sim.bet_payload(player.player_id, player.token, amount=1_00, currency="EUR", round="r")
     payload["amount"] = amount
@@ -302,7 +344,7 @@ async def test_excess_precision_refused(hub88: Provider, wallet: FakeWallet, pla
     ("meta", "x", "RS_ERROR_WRONG_TYPES"),
     ("user", None, "RS_ERROR_WRONG_TYPES"),
 ])
-async def test_wrong_types(hub88: Provider, wallet: FakeWallet, player: PlayerSession, field: str,
+async def test_wrong_types(hub88: Provider, wallet: Backend, player: PlayerSession, field: str,
                            value: object, status: str) -> None:
     payload = hub88.sim.bet_payload(player.player_id, player.token, amount=1_00, currency="EUR", round="r")
     payload[field] = value
@@ -311,7 +353,7 @@ async def test_wrong_types(hub88: Provider, wallet: FakeWallet, player: PlayerSe
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[1,2]", b'{"user":"u"}', b"", b'{"request_uuid": "r"'])
-async def test_wrong_syntax(hub88: Provider, wallet: FakeWallet, body: bytes) -> None:
+async def test_wrong_syntax(hub88: Provider, wallet: Backend, body: bytes) -> None:
     data = await ask(hub88, hub88.sim.signed("/transaction/bet", body))
     assert data["status"] == "RS_ERROR_WRONG_SYNTAX"
     assert wallet.executed == []
@@ -325,24 +367,20 @@ async def test_missing_field_echoes_request(hub88: Provider, player: PlayerSessi
                     "request_uuid": payload["request_uuid"]}
 
 
-async def test_source_network_refused(wallet: FakeWallet, rsa_keys: tuple[str, str]) -> None:
+async def test_source_network_refused(wallet: Backend, rsa_keys: tuple[str, str]) -> None:
     config = ProviderConfig(id="hub88", protocol="hub88", public_key_pem=rsa_keys[1],
                             allowed_networks=networks("10.0.0.0/8"))
-    http = await mount(Hub88Adapter(config, wallet))
-    try:
-        p = Provider(http, Hub88Client(rsa_keys[0], base_path="/v1/providers/hub88"), config,
-                     "/v1/providers/hub88")
+    async with wallet.mounted(config, Hub88Client(rsa_keys[0], base_path="/v1/providers/hub88")) as p:
         s = await wallet.add_player("hub88")
         reply = await p.send(bet(p, s, 1_00))
         assert reply.status == 200 and reply.json["status"] == "RS_ERROR_INVALID_PARTNER"
         assert wallet.executed == []
-    finally:
-        await http.close()
+        assert await wallet.balance(s) == 100_00
 
 
-def test_config_needs_an_rsa_public_key(wallet: FakeWallet) -> None:
+def test_config_needs_an_rsa_public_key() -> None:
     with pytest.raises(ValueError):
-        Hub88Adapter(ProviderConfig(id="h", protocol="hub88"), wallet)
+        Hub88Adapter(ProviderConfig(id="h", protocol="hub88"), FakeWallet())
 
 
 def test_money_conversion() -> None:
@@ -368,29 +406,99 @@ round_plans = st.lists(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(start=st.integers(0, 50_00), plan=round_plans)
-async def test_random_rounds_leave_expected_balance(hub88: Provider, wallet: FakeWallet, start: int,
-                                                    plan: list[tuple[int, int | None, bool, bool]]) -> None:
-    s = await wallet.add_player(hub88.config.id, balance=start)
-    expected = start
-    for stake, payout, retry_bet, retry_settle in plan:
-        b, w = hub88.sim.round(s.player_id, s.token, currency="EUR", bet=stake, win=payout or 0)
-        bet_id = orjson.loads(b.body)["transaction_uuid"]
-        settle = w if payout is not None else hub88.sim.rollback(s.player_id, s.token, reference=bet_id)
-        first = await ask(hub88, b)
-        if retry_bet:
-            assert await ask(hub88, b) == first
-        placed = first["status"] == "RS_OK"
-        assert placed == (stake <= expected)
-        if placed:
-            expected -= stake
-            expected += payout if payout is not None else stake
-        done = await ask(hub88, settle)
-        if retry_settle:
+def _random_rounds_test(examples: int, backend: str) -> Any:
+    @pytest.mark.parametrize("wallet", [backend], indirect=True)
+    @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(start=st.integers(0, 50_00), plan=round_plans)
+    async def test(hub88: Provider, wallet: Backend, start: int,
+                   plan: list[tuple[int, int | None, bool, bool]]) -> None:
+        s = await wallet.add_player(hub88.config.id, balance=start)
+        expected = start
+        for stake, payout, retry_bet, retry_settle in plan:
+            b, w = hub88.sim.round(s.player_id, s.token, currency="EUR", bet=stake, win=payout or 0)
+            bet_id = orjson.loads(b.body)["transaction_uuid"]
+            settle = w if payout is not None else hub88.sim.rollback(s.player_id, s.token, reference=bet_id)
+            first = await ask(hub88, b)
+            if retry_bet:
+                assert await ask(hub88, b) == first
+            placed = first["status"] == "RS_OK"
+            assert placed == (stake <= expected)
+            if placed:
+                expected -= stake
+                expected += payout if payout is not None else stake
             done = await ask(hub88, settle)
-        if placed or payout is None:
-            assert done["status"] == "RS_OK"
-            assert done["balance"] == expected * 1000
-    assert await wallet.balance(s) == expected
-    assert (await ask(hub88, hub88.sim.balance(s.player_id, s.token)))["balance"] == expected * 1000
+            if retry_settle:
+                done = await ask(hub88, settle)
+            if placed or payout is None:
+                assert done["status"] == "RS_OK"
+                assert done["balance"] == expected * 1000
+        assert await wallet.balance(s) == expected
+        assert (await ask(hub88, hub88.sim.balance(s.player_id, s.token)))["balance"] == expected * 1000
+
+    return test
+
+
+test_random_rounds_leave_expected_balance = _random_rounds_test(25, "fake")
+#: the same property through the real gateway and ledger, with fewer examples (each is many ledger calls)
+test_random_rounds_leave_expected_balance_real = _random_rounds_test(10, "real")
+
+
+# --- the documented examples, replayed --------------------------------------------------------------
+async def test_documented_round(hub88: Provider, wallet: Backend, player: PlayerSession) -> None:
+    """``docs/hub88.md``'s round by hand: the exact bodies sent, the exact documented answers received."""
+    examples = hub88_round()
+    assert [path for path, _, _ in examples] == ["/transaction/bet", "/transaction/win"]
+    for path, body, documented in examples:
+        body = body.replace("'$TOKEN'", player.token).replace('"p1"', orjson.dumps(player.player_id).decode())
+        reply = await hub88.send(hub88.sim.signed(path, body.encode()))
+        assert reply.status == 200
+        assert matches(reply.body, documented, {'"p1"': orjson.dumps(player.player_id).decode()})
+    assert await wallet.balance(player) == 107_55
+
+
+#: the answer shapes of the spec (``Shape examples`` of the Hub88 protocol description)
+SPEC_BALANCE = ('{"user":"john12345","status":"RS_OK","request_uuid":"583c985f-fee6-4c0e-bbf5-308aad6265af",'
+                '"currency":"USD","balance":100500}')
+SPEC_NOT_ENOUGH_MONEY = ('{"user":"john12345","status":"RS_ERROR_NOT_ENOUGH_MONEY","request_uuid":"…",'
+                         '"currency":"USD","balance":100000}')
+
+
+async def test_spec_shape_examples(hub88: Provider, wallet: Backend) -> None:
+    s = await wallet.add_player(hub88.config.id, balance=1_00, currency="USD")
+    user = orjson.dumps(s.player_id).decode()
+    request_uuid = orjson.loads(SPEC_BALANCE)["request_uuid"]
+    call = hub88.sim.signed("/user/balance", {"user": s.player_id, "token": s.token, "request_uuid": request_uuid,
+                                              "game_code": "hub88_game"})
+    reply = await hub88.send(call)
+    # the spec's 1.005 USD is a balance a wallet in cents never holds: ours is 1.00 USD, in the same shape
+    assert reply.body.decode() == SPEC_BALANCE.replace('"john12345"', user).replace("100500", "100000")
+    refused = await hub88.send(bet(hub88, s, 2_00, currency="USD"))
+    assert matches(refused.body, SPEC_NOT_ENOUGH_MONEY, {'"john12345"': user})
+    assert await wallet.balance(s) == 1_00
+
+
+# --- real shedding: a gateway whose ledger never answers --------------------------------------------
+@pytest.mark.parametrize("wallet", ["real"], indirect=True)
+async def test_real_ledger_silence_answers_retryable(hub88: Provider, wallet: Backend,
+                                                     unanswered_gateway: Any) -> None:
+    """No writer serves the gateway's namespace: a bet times out (RS_ERROR_UNKNOWN), nothing moves, and
+    Hub88's rollback of it, sent to a healthy gateway, leaves the balance exact; so does a win's retry."""
+    assert isinstance(wallet, RealBackend)
+    s = await wallet.add_player(hub88.config.id)
+    placed = bet(hub88, s, 3_00)
+    assert (await ask(hub88, placed))["balance"] == 97_00_000
+    silent = wallet.provider_at(unanswered_gateway, hub88)
+    s_silent = await wallet.session_at(unanswered_gateway, s)
+    shed = bet(silent, s_silent, 4_00)
+    assert (await ask(silent, shed))["status"] == "RS_ERROR_UNKNOWN"
+    w = win(silent, s_silent, 5_00, orjson.loads(placed.body)["transaction_uuid"])
+    assert (await ask(silent, w))["status"] == "RS_ERROR_UNKNOWN"
+    assert await wallet.balance(s) == 97_00
+    # Hub88 rolls the shed bet back and retries the win, here at the healthy gateway
+    shed_id = orjson.loads(shed.body)["transaction_uuid"]
+    rb = hub88.sim.rollback(s.player_id, s.token, reference=shed_id, round="r1")
+    assert (await ask(hub88, rb))["balance"] == 97_00_000
+    assert (await ask(hub88, w))["balance"] == 102_00_000  # its token is unknown here: the profile settles it
+    late = bet(hub88, s, 4_00, transaction_uuid=shed_id)
+    assert (await ask(hub88, late))["status"] == "RS_ERROR_TRANSACTION_ROLLED_BACK"
+    assert await wallet.balance(s) == 102_00

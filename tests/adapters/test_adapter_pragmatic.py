@@ -7,16 +7,20 @@ import urllib.parse
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
-from adapter_harness import FakeWallet, Provider, mount, networks
+from adapter_harness import FakeWallet, Provider, networks
+from docs_examples import matches, pragmatic_round
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from real_backend import Backend, RealBackend
 
 from adapters.base import PlayerSession, ProviderConfig
 from adapters.flow import Call
 from adapters.pragmatic import PragmaticAdapter, PragmaticClient, cash, sign
 from gateway.errors import LedgerTimeout, Overloaded, RateLimited
 from ledger.commands import Kind, Status
+from tests.support import PRAGMATIC_SECRET
 
 SECRET = "testKey"
 
@@ -32,7 +36,7 @@ def form(call: Call) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(call.body.decode(), keep_blank_values=True))
 
 
-def resign(params: dict[str, str], path: str, secret: str = SECRET) -> Call:
+def resign(params: dict[str, str], path: str, secret: str = PRAGMATIC_SECRET) -> Call:
     params = {k: v for k, v in params.items() if k != "hash"}
     params["hash"] = sign(params, secret)
     return Call(path, {"Content-Type": "application/x-www-form-urlencoded"},
@@ -40,7 +44,7 @@ def resign(params: dict[str, str], path: str, secret: str = SECRET) -> Call:
 
 
 @pytest.fixture
-async def player(wallet: FakeWallet, pragmatic: Provider) -> PlayerSession:
+async def player(wallet: Backend, pragmatic: Provider) -> PlayerSession:
     return await wallet.add_player(pragmatic.config.id, balance=100_00)
 
 
@@ -69,7 +73,7 @@ def test_cash_renders_exactly() -> None:
 
 
 # --- shapes ---------------------------------------------------------------------------------------
-async def test_authenticate_exchanges_launch_token(pragmatic: Provider, wallet: FakeWallet,
+async def test_authenticate_exchanges_launch_token(pragmatic: Provider, wallet: Backend,
                                                    player: PlayerSession) -> None:
     launch = await wallet.add_launch_token(player)
     reply = await pragmatic.send(pragmatic.sim.authenticate(launch))
@@ -95,7 +99,7 @@ async def test_balance(pragmatic: Provider, player: PlayerSession) -> None:
     assert (await ask(pragmatic, pragmatic.sim.balance("ghost")))["error"] == 2
 
 
-async def test_round(pragmatic: Provider, wallet: FakeWallet, player: PlayerSession) -> None:
+async def test_round(pragmatic: Provider, wallet: Backend, player: PlayerSession) -> None:
     b, r, end = pragmatic.sim.round(player.player_id, player.token, currency="EUR", bet=2_50, win=10_05)
     assert form(b)["amount"] == "2.50"
     placed = await ask(pragmatic, b)
@@ -116,7 +120,7 @@ async def test_round(pragmatic: Provider, wallet: FakeWallet, player: PlayerSess
 
 
 # --- retries and idempotency ----------------------------------------------------------------------
-async def test_retried_bet_keeps_transaction_id(pragmatic: Provider, wallet: FakeWallet,
+async def test_retried_bet_keeps_transaction_id(pragmatic: Provider, wallet: Backend,
                                                 player: PlayerSession) -> None:
     b = bet(pragmatic, player, 1_00)
     first, again = await ask(pragmatic, b), await ask(pragmatic, b)
@@ -124,7 +128,7 @@ async def test_retried_bet_keeps_transaction_id(pragmatic: Provider, wallet: Fak
     assert await wallet.balance(player) == 99_00
 
 
-async def test_retried_result_keeps_transaction_id(pragmatic: Provider, wallet: FakeWallet,
+async def test_retried_result_keeps_transaction_id(pragmatic: Provider, wallet: Backend,
                                                    player: PlayerSession) -> None:
     await ask(pragmatic, bet(pragmatic, player, 1_00))
     r = result(pragmatic, player, 5_00)
@@ -138,7 +142,7 @@ async def test_reference_reused_with_other_amount(pragmatic: Provider, player: P
     assert (await ask(pragmatic, bet(pragmatic, player, 2_00, reference="ref1")))["error"] == 7
 
 
-async def test_references_are_scoped_by_method(pragmatic: Provider, wallet: FakeWallet,
+async def test_references_are_scoped_by_method(pragmatic: Provider, wallet: Backend,
                                                player: PlayerSession) -> None:
     await ask(pragmatic, bet(pragmatic, player, 1_00, reference="same"))
     assert (await ask(pragmatic, result(pragmatic, player, 3_00, reference="same")))["error"] == 0
@@ -146,7 +150,7 @@ async def test_references_are_scoped_by_method(pragmatic: Provider, wallet: Fake
 
 
 # --- refunds --------------------------------------------------------------------------------------
-async def test_refund_of_unknown_bet(pragmatic: Provider, wallet: FakeWallet, player: PlayerSession) -> None:
+async def test_refund_of_unknown_bet(pragmatic: Provider, wallet: Backend, player: PlayerSession) -> None:
     refund = pragmatic.sim.refund(player.player_id, reference="lost1", round_id="1001")
     data = await ask(pragmatic, refund)
     assert data["error"] == 0 and set(data) == {"transactionId", "error", "description"}
@@ -156,7 +160,7 @@ async def test_refund_of_unknown_bet(pragmatic: Provider, wallet: FakeWallet, pl
     assert await wallet.balance(player) == 100_00
 
 
-async def test_refund_then_result_refused(pragmatic: Provider, wallet: FakeWallet,
+async def test_refund_then_result_refused(pragmatic: Provider, wallet: Backend,
                                           player: PlayerSession) -> None:
     await ask(pragmatic, bet(pragmatic, player, 5_00, reference="b1"))
     assert (await ask(pragmatic, pragmatic.sim.refund(player.player_id, reference="b1")))["error"] == 0
@@ -166,7 +170,7 @@ async def test_refund_then_result_refused(pragmatic: Provider, wallet: FakeWalle
     assert await wallet.balance(player) == 100_00
 
 
-async def test_result_without_bet(pragmatic: Provider, wallet: FakeWallet, player: PlayerSession) -> None:
+async def test_result_without_bet(pragmatic: Provider, wallet: Backend, player: PlayerSession) -> None:
     assert (await ask(pragmatic, result(pragmatic, player, 1_00, round_id="999")))["error"] == 7
     # a free-round result has no bet and is credited
     free = await ask(pragmatic, result(pragmatic, player, 1_00, round_id="998", bonus_code="FRB1"))
@@ -175,7 +179,7 @@ async def test_result_without_bet(pragmatic: Provider, wallet: FakeWallet, playe
     assert (cmd.free_round, cmd.credit_type) == (True, "bonus")
 
 
-async def test_free_round_bet_moves_no_cash(pragmatic: Provider, wallet: FakeWallet,
+async def test_free_round_bet_moves_no_cash(pragmatic: Provider, wallet: Backend,
                                             player: PlayerSession) -> None:
     data = await ask(pragmatic, bet(pragmatic, player, 1_00, bonus_code="FRB1"))
     assert (data["error"], data["cash"]) == (0, Decimal("100.00"))
@@ -188,8 +192,31 @@ async def test_bet_on_closed_round(pragmatic: Provider, player: PlayerSession) -
     assert (await ask(pragmatic, bet(pragmatic, player, 1_00, round_id="555")))["error"] == 3
 
 
+async def test_end_round_closes_the_round(pragmatic: Provider, wallet: Backend, player: PlayerSession) -> None:
+    sim, uid = pragmatic.sim, player.player_id
+    assert (await ask(pragmatic, sim.end_round(uid, round_id="2001")))["error"] == 0  # nothing was played
+    assert (await ask(pragmatic, bet(pragmatic, player, 1_00, round_id="2001")))["error"] == 3
+    await ask(pragmatic, bet(pragmatic, player, 5_00, round_id="2002", reference="b2"))
+    assert (await ask(pragmatic, sim.refund(uid, reference="b2")))["error"] == 0
+    assert (await ask(pragmatic, sim.end_round(uid, round_id="2002")))["error"] == 0  # its only bet refunded
+    assert (await ask(pragmatic, bet(pragmatic, player, 1_00, round_id="2002")))["error"] == 3
+    assert await wallet.balance(player) == 100_00
+
+
+async def test_result_on_another_players_round(pragmatic: Provider, wallet: Backend,
+                                               player: PlayerSession) -> None:
+    await ask(pragmatic, bet(pragmatic, player, 5_00, round_id="3001"))
+    other = await wallet.add_player(pragmatic.config.id, beside=player)
+    assert (await ask(pragmatic, result(pragmatic, other, 50_00, round_id="3001")))["error"] == 7
+    assert (await ask(pragmatic, pragmatic.sim.end_round(other.player_id, round_id="3001")))["error"] == 0
+    assert (await wallet.balance(player), await wallet.balance(other)) == (95_00, 100_00)
+    # the owner's round was neither settled nor ended by the stranger
+    assert (await ask(pragmatic, bet(pragmatic, player, 1_00, round_id="3001")))["error"] == 0
+    assert (await ask(pragmatic, result(pragmatic, player, 9_00, round_id="3001")))["cash"] == Decimal("103.00")
+
+
 # --- other credits --------------------------------------------------------------------------------
-async def test_bonus_jackpot_promo_and_adjustments(pragmatic: Provider, wallet: FakeWallet,
+async def test_bonus_jackpot_promo_and_adjustments(pragmatic: Provider, wallet: Backend,
                                                    player: PlayerSession) -> None:
     sim, uid = pragmatic.sim, player.player_id
     assert (await ask(pragmatic, sim.bonus_win(uid, amount=3_00, currency="EUR", bonus_code="B1")))["error"] == 0
@@ -216,7 +243,7 @@ async def test_bonus_jackpot_promo_and_adjustments(pragmatic: Provider, wallet: 
     assert await wallet.balance(player) == 153_25
 
 
-async def test_negative_adjustment_after_round_end(pragmatic: Provider, wallet: FakeWallet,
+async def test_negative_adjustment_after_round_end(pragmatic: Provider, wallet: Backend,
                                                    player: PlayerSession) -> None:
     for call in pragmatic.sim.round(player.player_id, player.token, currency="EUR", bet=1_00, win=5_00,
                                     round_id="77"):
@@ -228,7 +255,7 @@ async def test_negative_adjustment_after_round_end(pragmatic: Provider, wallet: 
     assert await wallet.balance(player) == 101_00
 
 
-async def test_result_with_promo_win(pragmatic: Provider, wallet: FakeWallet, player: PlayerSession) -> None:
+async def test_result_with_promo_win(pragmatic: Provider, wallet: Backend, player: PlayerSession) -> None:
     await ask(pragmatic, bet(pragmatic, player, 1_00))
     r = result(pragmatic, player, 2_00, promo_win=3_00)
     first, again = await ask(pragmatic, r), await ask(pragmatic, r)
@@ -236,16 +263,13 @@ async def test_result_with_promo_win(pragmatic: Provider, wallet: FakeWallet, pl
     assert await wallet.balance(player) == 104_00
 
 
-async def test_bonus_win_as_notice(wallet: FakeWallet) -> None:
+async def test_bonus_win_as_notice(wallet: Backend) -> None:
     config = ProviderConfig(id="pp", protocol="pragmatic", secret=SECRET, options={"bonus_win_credits": False})
-    http = await mount(PragmaticAdapter(config, wallet))
-    try:
-        p = Provider(http, PragmaticClient(SECRET, base_path="/v1/providers/pp"), config, "/v1/providers/pp")
+    async with wallet.mounted(config, PragmaticClient(SECRET, base_path="/v1/providers/pp")) as p:
         s = await wallet.add_player("pp")
         data = await ask(p, p.sim.bonus_win(s.player_id, amount=3_00, currency="EUR", bonus_code="B"))
         assert (data["error"], data["cash"]) == (0, Decimal("100.00"))
-    finally:
-        await http.close()
+        assert await wallet.balance(s) == 100_00
 
 
 # --- refusals -------------------------------------------------------------------------------------
@@ -257,13 +281,13 @@ async def test_insufficient_funds(pragmatic: Provider, player: PlayerSession) ->
 @pytest.mark.parametrize(("status", "code"), [
     (Status.LOSS_LIMIT, 50), (Status.STAKE_LIMIT, 50), (Status.SESSION_LIMIT, 50), (Status.SELF_EXCLUDED, 6),
 ])
-async def test_responsible_gaming_refusal(pragmatic: Provider, wallet: FakeWallet, player: PlayerSession,
+async def test_responsible_gaming_refusal(pragmatic: Provider, wallet: Backend, player: PlayerSession,
                                           status: Status, code: int) -> None:
     await wallet.refuse_bets(player.player_id, status)
     assert (await ask(pragmatic, bet(pragmatic, player, 1_00)))["error"] == code
 
 
-async def test_tokens(pragmatic: Provider, wallet: FakeWallet, player: PlayerSession) -> None:
+async def test_tokens(pragmatic: Provider, wallet: Backend, player: PlayerSession) -> None:
     sim, uid = pragmatic.sim, player.player_id
     assert (await ask(pragmatic, sim.bet(uid, token="bad", round_id="1", amount=1_00, currency="EUR")))["error"] == 4
     assert (await ask(pragmatic, sim.bet(uid, token=None, round_id="1", amount=1_00, currency="EUR")))["error"] == 4
@@ -289,7 +313,7 @@ async def test_wrong_currency(pragmatic: Provider, player: PlayerSession) -> Non
 
 @pytest.mark.parametrize("exc", [RateLimited(), Overloaded(), LedgerTimeout()], ids=lambda x: x.code)
 @pytest.mark.parametrize("after_apply", [False, True], ids=["not-applied", "applied"])
-async def test_retryable_then_refund(pragmatic: Provider, wallet: FakeWallet, player: PlayerSession,
+async def test_retryable_then_refund(pragmatic: Provider, wallet: Backend, player: PlayerSession,
                                      exc: Exception, after_apply: bool) -> None:
     await wallet.fail_next(exc, after_apply=after_apply)  # type: ignore[arg-type]
     assert (await ask(pragmatic, bet(pragmatic, player, 4_00, reference="r1")))["error"] == 100
@@ -297,7 +321,7 @@ async def test_retryable_then_refund(pragmatic: Provider, wallet: FakeWallet, pl
     assert await wallet.balance(player) == 100_00
 
 
-async def test_retryable_result_then_retry(pragmatic: Provider, wallet: FakeWallet,
+async def test_retryable_result_then_retry(pragmatic: Provider, wallet: Backend,
                                            player: PlayerSession) -> None:
     await ask(pragmatic, bet(pragmatic, player, 1_00))
     await wallet.fail_next(LedgerTimeout(), after_apply=True)
@@ -306,7 +330,7 @@ async def test_retryable_result_then_retry(pragmatic: Provider, wallet: FakeWall
     assert (await ask(pragmatic, r))["cash"] == Decimal("104.00")
 
 
-async def test_crash_answers_retry(pragmatic: Provider, wallet: FakeWallet, player: PlayerSession,
+async def test_crash_answers_retry(pragmatic: Provider, wallet: Backend, player: PlayerSession,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     async def boom(*a: object, **k: object) -> None:
         raise RuntimeError("bug")
@@ -316,7 +340,7 @@ async def test_crash_answers_retry(pragmatic: Provider, wallet: FakeWallet, play
 
 
 # --- authentication and strict parsing ------------------------------------------------------------
-async def test_hash_tampering(pragmatic: Provider, wallet: FakeWallet, player: PlayerSession) -> None:
+async def test_hash_tampering(pragmatic: Provider, wallet: Backend, player: PlayerSession) -> None:
     good = bet(pragmatic, player, 1_00)
     params = form(good)
 
@@ -328,6 +352,7 @@ async def test_hash_tampering(pragmatic: Provider, wallet: FakeWallet, player: P
     assert (await ask(pragmatic, raw({k: v for k, v in params.items() if k != "hash"})))["error"] == 5
     assert (await ask(pragmatic, raw(dict(params, newField="x"))))["error"] == 5  # not covered by the hash
     assert wallet.executed == []
+    assert await wallet.balance(player) == 100_00  # no money moved
     assert (await ask(pragmatic, raw(dict(params, hash=params["hash"].upper()))))["error"] == 0
     # unknown and empty parameters are part of the hash and accepted when covered
     covered = resign(dict(params, newField="x", language="", reference="r2"), good.path)
@@ -335,14 +360,14 @@ async def test_hash_tampering(pragmatic: Provider, wallet: FakeWallet, player: P
 
 
 @pytest.mark.parametrize("amount", ["1.005", "1e2", "-1.00", "1,00", " 1.00", "0x10", "NaN", "1.", ".5", ""])
-async def test_bad_amounts_refused(pragmatic: Provider, wallet: FakeWallet, player: PlayerSession,
+async def test_bad_amounts_refused(pragmatic: Provider, wallet: Backend, player: PlayerSession,
                                    amount: str) -> None:
     good = bet(pragmatic, player, 1_00)
     assert (await ask(pragmatic, resign(dict(form(good), amount=amount), good.path)))["error"] == 7
     assert wallet.executed == []
 
 
-async def test_excess_precision_for_currency(pragmatic: Provider, wallet: FakeWallet) -> None:
+async def test_excess_precision_for_currency(pragmatic: Provider, wallet: Backend) -> None:
     s = await wallet.add_player(pragmatic.config.id, currency="JPY", balance=1000)
     good = pragmatic.sim.bet(s.player_id, token=s.token, round_id="1", amount=100, currency="JPY")
     assert (await ask(pragmatic, resign(dict(form(good), amount="1.50"), good.path)))["error"] == 7
@@ -354,7 +379,7 @@ async def test_excess_precision_for_currency(pragmatic: Provider, wallet: FakeWa
     ("userId", None), ("reference", None), ("roundId", None), ("roundId", "12a"), ("gameId", "g" * 33),
     ("timestamp", "yesterday"), ("roundDetails", None), ("providerId", "SomeoneElse"), ("reference", "r" * 33),
 ])
-async def test_bad_parameters(pragmatic: Provider, wallet: FakeWallet, player: PlayerSession, field: str,
+async def test_bad_parameters(pragmatic: Provider, wallet: Backend, player: PlayerSession, field: str,
                               value: str | None) -> None:
     params = form(bet(pragmatic, player, 1_00))
     if value is None:
@@ -366,7 +391,7 @@ async def test_bad_parameters(pragmatic: Provider, wallet: FakeWallet, player: P
 
 
 @pytest.mark.parametrize("body", [b"\xff\xfe", b"a=1&a=2", b"no-equals-sign"])
-async def test_unparseable_forms(pragmatic: Provider, wallet: FakeWallet, body: bytes) -> None:
+async def test_unparseable_forms(pragmatic: Provider, wallet: Backend, body: bytes) -> None:
     assert (await pragmatic.post("/bet.html", body)).json["error"] == 7
     assert wallet.executed == []
 
@@ -376,21 +401,21 @@ async def test_unknown_method(pragmatic: Provider) -> None:
     assert reply.status == 404 and reply.json["error"] == 7
 
 
-async def test_source_network_refused(wallet: FakeWallet) -> None:
+async def test_source_network_refused(wallet: Backend) -> None:
     config = ProviderConfig(id="pp", protocol="pragmatic", secret=SECRET,
                             allowed_networks=networks("10.0.0.0/8", "fd00::/8"))
-    http = await mount(PragmaticAdapter(config, wallet))
-    try:
-        p = Provider(http, PragmaticClient(SECRET, base_path="/v1/providers/pp"), config, "/v1/providers/pp")
+    async with wallet.mounted(config, PragmaticClient(SECRET, base_path="/v1/providers/pp")) as p:
         s = await wallet.add_player("pp")
         assert (await ask(p, p.sim.balance(s.player_id)))["error"] == 5
-    finally:
-        await http.close()
+        assert (await ask(p, p.sim.bet(s.player_id, token=s.token, round_id="1", amount=1_00,
+                                       currency="EUR")))["error"] == 5
+        assert wallet.executed == []
+        assert await wallet.balance(s) == 100_00
 
 
-def test_config_needs_a_secret(wallet: FakeWallet) -> None:
+def test_config_needs_a_secret() -> None:
     with pytest.raises(ValueError):
-        PragmaticAdapter(ProviderConfig(id="pp", protocol="pragmatic"), wallet)
+        PragmaticAdapter(ProviderConfig(id="pp", protocol="pragmatic"), FakeWallet())
 
 
 # --- property: any valid sequence of rounds leaves exactly the expected balance ------------------
@@ -405,27 +430,77 @@ round_plans = st.lists(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(start=st.integers(0, 50_00), plan=round_plans)
-async def test_random_rounds_leave_expected_balance(pragmatic: Provider, wallet: FakeWallet, start: int,
-                                                    plan: list[tuple[int, int | None, bool, bool]]) -> None:
-    s = await wallet.add_player(pragmatic.config.id, balance=start)
-    expected = start
-    for stake, payout, retry_bet, retry_settle in plan:
-        b, r, end = pragmatic.sim.round(s.player_id, s.token, currency="EUR", bet=stake, win=payout or 0)
-        settle = r if payout is not None else pragmatic.sim.refund(s.player_id, reference=form(b)["reference"])
-        first = await ask(pragmatic, b)
-        if retry_bet:
-            assert await ask(pragmatic, b) == first
-        placed = first["error"] == 0
-        assert placed == (stake <= expected)
-        if placed:
-            expected += -stake + (payout if payout is not None else stake)
-        done = await ask(pragmatic, settle)
-        if retry_settle:
-            assert await ask(pragmatic, settle) == done
-        assert done["error"] == (0 if placed or payout is None else 7)
-        assert (await ask(pragmatic, end))["error"] == 0
-    assert await wallet.balance(s) == expected
-    data = await ask(pragmatic, pragmatic.sim.balance(s.player_id, token=s.token))
-    assert data["cash"] == Decimal(expected).scaleb(-2)
+def _random_rounds_test(examples: int, backend: str) -> Any:
+    @pytest.mark.parametrize("wallet", [backend], indirect=True)
+    @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(start=st.integers(0, 50_00), plan=round_plans)
+    async def test(pragmatic: Provider, wallet: Backend, start: int,
+                   plan: list[tuple[int, int | None, bool, bool]]) -> None:
+        s = await wallet.add_player(pragmatic.config.id, balance=start)
+        expected = start
+        for stake, payout, retry_bet, retry_settle in plan:
+            b, r, end = pragmatic.sim.round(s.player_id, s.token, currency="EUR", bet=stake, win=payout or 0)
+            settle = r if payout is not None else pragmatic.sim.refund(s.player_id, reference=form(b)["reference"])
+            first = await ask(pragmatic, b)
+            if retry_bet:
+                assert await ask(pragmatic, b) == first
+            placed = first["error"] == 0
+            assert placed == (stake <= expected)
+            if placed:
+                expected += -stake + (payout if payout is not None else stake)
+            done = await ask(pragmatic, settle)
+            if retry_settle:
+                assert await ask(pragmatic, settle) == done
+            assert done["error"] == (0 if placed or payout is None else 7)
+            assert (await ask(pragmatic, end))["error"] == 0
+        assert await wallet.balance(s) == expected
+        data = await ask(pragmatic, pragmatic.sim.balance(s.player_id, token=s.token))
+        assert data["cash"] == Decimal(expected).scaleb(-2)
+
+    return test
+
+
+test_random_rounds_leave_expected_balance = _random_rounds_test(25, "fake")
+#: the same property through the real gateway and ledger, with fewer examples (each is many ledger calls)
+test_random_rounds_leave_expected_balance_real = _random_rounds_test(10, "real")
+
+
+# --- the documented examples, replayed --------------------------------------------------------------
+async def test_documented_round(pragmatic: Provider, wallet: Backend, player: PlayerSession) -> None:
+    """``docs/pragmatic.md``'s round by hand: the documented parameters sent (hashed with our secret), the
+    documented answers received."""
+    examples = pragmatic_round()
+    assert [method for method, _, _ in examples] == ["authenticate", "bet", "result", "endRound"]
+    values = {"$LAUNCH": await wallet.add_launch_token(player), "p1": player.player_id}
+    user = {'"p1"': orjson.dumps(player.player_id).decode()}
+    for method, params, documented in examples:
+        sent = {k: values.get(v, v) for k, v in params.items()}
+        reply = await pragmatic.send(resign(sent, f"{pragmatic.base}/{method}.html"))
+        assert reply.status == 200
+        assert matches(reply.body, documented, user), (method, reply.body)
+        if method == "authenticate":
+            values["$TOKEN"] = reply.json["token"]  # the documented TOKEN=<SESSION>
+    assert await wallet.balance(player) == 107_55
+
+
+# --- real shedding: a gateway whose ledger never answers --------------------------------------------
+@pytest.mark.parametrize("wallet", ["real"], indirect=True)
+async def test_real_ledger_silence_answers_retryable(pragmatic: Provider, wallet: Backend,
+                                                     unanswered_gateway: Any) -> None:
+    """No writer serves the gateway's namespace: a bet times out (error 100), nothing moves, and
+    Pragmatic's refund of it, sent to a healthy gateway, leaves the balance exact; so does a result's retry."""
+    assert isinstance(wallet, RealBackend)
+    s = await wallet.add_player(pragmatic.config.id)
+    assert (await ask(pragmatic, bet(pragmatic, s, 3_00, round_id="1001")))["cash"] == Decimal("97.00")
+    silent = wallet.provider_at(unanswered_gateway, pragmatic)
+    s_silent = await wallet.session_at(unanswered_gateway, s)
+    assert (await ask(silent, bet(silent, s_silent, 4_00, round_id="1002", reference="shed1")))["error"] == 100
+    r = result(silent, s_silent, 5_00, round_id="1001")
+    assert (await ask(silent, r))["error"] == 100
+    assert await wallet.balance(s) == 97_00
+    # Pragmatic refunds the bet answered 100 and retries the result, here at the healthy gateway
+    assert (await ask(pragmatic, pragmatic.sim.refund(s.player_id, reference="shed1")))["error"] == 0
+    assert (await ask(pragmatic, r))["cash"] == Decimal("102.00")  # its token is unknown here: profile
+    late = await ask(pragmatic, bet(pragmatic, s, 4_00, round_id="1002", reference="shed1"))
+    assert late["error"] == 3
+    assert await wallet.balance(s) == 102_00
