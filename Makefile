@@ -8,13 +8,13 @@ STAMP   = $(VENV)/.installed
 PYTEST_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint bench bench-ledger bench-e2e bench-hotpath build clean install help
+.PHONY: run test lint bench bench-ledger bench-e2e bench-hotpath bench-redis build clean install help
 
 help:
 	@echo "make run     - the whole stack on this machine (gateway up)"
 	@echo "make test    - lint, type-check and the whole test suite against real servers"
 	@echo "make lint    - ruff, cython-lint and mypy"
-	@echo "make bench   - hot-path, ledger and end-to-end benchmarks (not part of make test)"
+	@echo "make bench   - hot-path, Redis quota, ledger and end-to-end benchmarks (not part of make test)"
 	@echo "make build   - (re)build the Cython extensions in place"
 	@echo "make clean   - remove build products (keeps .venv and .gateway)"
 
@@ -46,11 +46,13 @@ test: build
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 	GATEWAY_NO_EXTENSIONS=1 $(BIN)/pytest -q tests/hotpath
 
-bench: build
-	$(BIN)/pytest benchmarks -q -p no:cacheprovider --benchmark-columns=min,median,mean,ops,rounds
+bench: bench-hotpath bench-redis bench-ledger bench-e2e
 
 bench-hotpath: build
-	$(BIN)/pytest benchmarks/test_bench_hotpath.py -q -p no:cacheprovider
+	$(BIN)/pytest benchmarks/test_bench_hotpath.py -q -p no:cacheprovider --benchmark-columns=min,median,ops,rounds
+
+bench-redis: build
+	$(BIN)/python -m benchmarks.redis_quota_bench
 
 bench-ledger: build
 	$(BIN)/python -m benchmarks.ledger_bench

@@ -95,6 +95,10 @@ class Adapter:
 
     protocol: ClassVar[str]
     ERRORS: ClassVar[Mapping[type[GatewayError], Any]]
+    #: whether the protocol has a call that exchanges the operator's one-time launch token for a
+    #: session (native ``authenticate``, Pragmatic ``authenticate``). Where it has none (Hub88,
+    #: Evolution), a launch opens the session at once and its token goes into the game URL.
+    EXCHANGES_LAUNCH_TOKEN: ClassVar[bool] = True
 
     def __init__(self, config: ProviderConfig, wallet: WalletPort) -> None:
         self.config = config

@@ -80,6 +80,7 @@ def _number(obj: Mapping[str, Any], name: str, where: str) -> Decimal | int:
 
 class EvolutionAdapter(Adapter):
     protocol = "evolution"
+    EXCHANGES_LAUNCH_TOKEN = False
     OK: ClassVar[str] = OK
 
     ERRORS: ClassVar[dict[type[e.GatewayError], str]] = {

@@ -134,6 +134,7 @@ Op = Callable[[web.Request, _Fields], Awaitable[dict[str, Any]]]
 
 class Hub88Adapter(Adapter):
     protocol = "hub88"
+    EXCHANGES_LAUNCH_TOKEN = False
     OK: ClassVar[str] = OK
 
     ERRORS: ClassVar[dict[type[e.GatewayError], str]] = {

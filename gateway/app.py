@@ -84,7 +84,7 @@ def _lifecycle(settings: Settings, providers: list[ProviderConfig]):  # type: ig
         pools = await pools_for(dsns, range(settings.shards), max_size=settings.writer_pool_size + 2)
         ledger = LedgerClient(settings, nc)
         await ledger.start()
-        guards = Guards(settings)
+        guards = Guards(settings, providers)
         degradation = Degradation()
         quota = None
         if settings.redis_quota_enabled:

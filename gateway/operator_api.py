@@ -20,6 +20,7 @@ from gateway import errors as E
 from gateway.degradation import scope_name
 from gateway.http import Handler, error_response, field, json_response, read_json
 from gateway.money import exponent, format_minor, to_minor
+from gateway.providers import adapter_class
 from gateway.settings import SETTINGS_KEY
 from gateway.state import STATE_KEY
 from ledger.commands import Kind
@@ -74,6 +75,10 @@ async def launch_session(request: web.Request) -> web.StreamResponse:
     if provider.brands and template.brand_id not in provider.brands:
         raise E.Forbidden(f"provider {provider_id} does not serve brand {template.brand_id}")
     token, ttl = await state.wallet.launch(template)
+    if not adapter_class(provider.protocol).EXCHANGES_LAUNCH_TOKEN:
+        session = await state.wallet.open_session(provider_id, token)
+        return json_response({"launch_token": session.token, "session_token": session.token,
+                              "expires_in_s": state.settings.session_ttl_s, "provider_id": provider_id}, 201)
     return json_response({"launch_token": token, "expires_in_s": ttl, "provider_id": provider_id}, 201)
 
 

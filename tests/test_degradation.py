@@ -204,3 +204,16 @@ async def test_stalled_writer_sheds_bets_but_queues_wins(stalled_db: Settings, m
         finally:
             stop2.set()
             await writer
+
+
+async def test_a_providers_own_rate_limit(make_gateway: Any, http: Any) -> None:
+    slow = ProviderConfig(id="slowstudio", protocol="native", secret="slow-studio-secret", rate_per_s=1, burst=2)
+    async with make_gateway([slow]) as gw:
+        api = Api(http, gw.base_url, provider="slowstudio", secret="slow-studio-secret")
+        _, token = await api.funded("10.00")
+        results = [await api.bet(token, f"b{i}", f"r{i}", "0.10") for i in range(3)]
+        # the session's own calls (authenticate) count too: at most 2 in the burst, then 429
+        assert results[-1][0] == 429 and results[-1][1]["code"] == "rate_limited"
+        other = Api(http, gw.base_url)  # the demo provider keeps the global per-provider limit
+        _, token2 = await other.funded("10.00")
+        assert (await other.bet(token2, "b0", "r0", "0.10"))[0] == 200

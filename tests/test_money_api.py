@@ -255,3 +255,17 @@ async def test_health_and_readiness(api: Api) -> None:
     async with api.http.get(api.base + "/metrics") as resp:
         text = await resp.text()
         assert "gateway_requests_total" in text and "gateway_ledger_queue_depth" in text
+
+
+async def test_launch_at_a_provider_without_token_exchange_opens_the_session(api: Api) -> None:
+    from adapters.hub88 import Hub88Client
+    from tests.support import hub88_keys
+
+    player, _ = await api.funded("10.00")
+    status, body = await api.operator("POST", "/v1/sessions", {**player, "provider_id": "hub88"})
+    assert status == 201 and body["session_token"] == body["launch_token"]
+    sim = Hub88Client(hub88_keys()[0], base_path="/v1/providers/hub88")
+    status, answer = await api.send(sim.bet(player["player_id"], body["session_token"], amount=250, currency="EUR",
+                                            round=api.ns + "round-1"))
+    assert status == 200 and answer["status"] == "RS_OK", answer
+    assert answer["balance"] == 750_000  # 7.50 EUR in Hub88's units of 1/100 000
