@@ -104,15 +104,18 @@ class BatchApplier:
         now_ms = int(time.time() * 1000)
         seq, prev_hash = await self._chain_head()
         batch_seq = seq + 1
-        async with self.conn.transaction():
-            state, tx_ids = await store.load_state(self.conn, cmds, utc_day(now_ms), self.shard, len(cmds))
-            engine = Engine(state, batch_seq=batch_seq, now_ms=now_ms, tx_ids=tx_ids,
-                            cooling_off_ms=self.cooling_off_ms, events_prefix=self.events_prefix)
-            results = [engine.apply(cmd) for cmd in cmds]
-            m = engine.m
-            digest = chain.batch_digest((chain.digest_fields(t) for t in m.txs), m.entries)
-            new_hash = chain.chain_hash(prev_hash, batch_seq, digest)
-            await store.write_mutations(self.conn, m, batch_seq, prev_hash, digest, new_hash)
+        # Two round trips: the load (which may create empty accounts and draws transaction numbers,
+        # both harmless if the batch then fails) and the write, ONE statement and so one atomic
+        # transaction with one commit. Nothing changes the shard in between: this writer holds the
+        # shard's lock, and the database's own constraints still guard every row it writes.
+        state, tx_ids = await store.load_state(self.conn, cmds, utc_day(now_ms), self.shard, len(cmds))
+        engine = Engine(state, batch_seq=batch_seq, now_ms=now_ms, tx_ids=tx_ids,
+                        cooling_off_ms=self.cooling_off_ms, events_prefix=self.events_prefix)
+        results = [engine.apply(cmd) for cmd in cmds]
+        m = engine.m
+        digest = chain.batch_digest((chain.digest_fields(t) for t in m.txs), m.entries)
+        new_hash = chain.chain_hash(prev_hash, batch_seq, digest)
+        await store.write_mutations(self.conn, m, batch_seq, prev_hash, digest, new_hash)
         self._head = (batch_seq, new_hash)
         return BatchOutcome(results, batch_seq, len(m.events))
 

@@ -75,47 +75,63 @@ BEGIN
            r->>12, (r->>13)::bigint, r->>14, p_batch_seq, r->>16, r->>17
       FROM jsonb_array_elements(doc->'t') r;
 
-    INSERT INTO entries (ledger_tx, account_id, amount, batch_seq)
-    SELECT (r->>0)::bigint, (r->>1)::bigint, (r->>2)::bigint, p_batch_seq FROM jsonb_array_elements(doc->'e') r;
+    IF jsonb_array_length(doc->'e') > 0 THEN
+        INSERT INTO entries (ledger_tx, account_id, amount, batch_seq)
+        SELECT (r->>0)::bigint, (r->>1)::bigint, (r->>2)::bigint, p_batch_seq FROM jsonb_array_elements(doc->'e') r;
+    END IF;
 
-    UPDATE balances bl SET balance = bl.balance + d.delta
-      FROM (SELECT (r->>0)::bigint AS id, (r->>1)::bigint AS delta FROM jsonb_array_elements(doc->'d') r) d
-     WHERE bl.account_id = d.id;
+    IF jsonb_array_length(doc->'d') > 0 THEN
+        UPDATE balances bl SET balance = bl.balance + d.delta
+          FROM (SELECT (r->>0)::bigint AS id, (r->>1)::bigint AS delta FROM jsonb_array_elements(doc->'d') r) d
+         WHERE bl.account_id = d.id;
+    END IF;
 
-    INSERT INTO bets (brand_id, provider_id, tx_id, round_id, player_id, currency, amount, free_round, state,
-                      ledger_tx)
-    SELECT r->>0, r->>1, r->>2, r->>3, r->>4, r->>5, (r->>6)::bigint, (r->>7)::boolean, r->>8, (r->>9)::bigint
-      FROM jsonb_array_elements(doc->'b') r
-    ON CONFLICT (brand_id, provider_id, tx_id) DO UPDATE SET state = EXCLUDED.state;
+    IF jsonb_array_length(doc->'b') > 0 THEN
+        INSERT INTO bets (brand_id, provider_id, tx_id, round_id, player_id, currency, amount, free_round, state,
+                          ledger_tx)
+        SELECT r->>0, r->>1, r->>2, r->>3, r->>4, r->>5, (r->>6)::bigint, (r->>7)::boolean, r->>8, (r->>9)::bigint
+          FROM jsonb_array_elements(doc->'b') r
+        ON CONFLICT (brand_id, provider_id, tx_id) DO UPDATE SET state = EXCLUDED.state;
+    END IF;
 
-    INSERT INTO rounds (brand_id, provider_id, round_id, player_id, currency, bet_count, open_bets, live_bets,
-                        bet_total, win_total, closed)
-    SELECT r->>0, r->>1, r->>2, r->>3, r->>4, (r->>5)::integer, (r->>6)::integer, (r->>7)::integer,
-           (r->>8)::bigint, (r->>9)::bigint, (r->>10)::boolean
-      FROM jsonb_array_elements(doc->'r') r
-    ON CONFLICT (brand_id, provider_id, round_id) DO UPDATE SET
-        bet_count = EXCLUDED.bet_count, open_bets = EXCLUDED.open_bets, live_bets = EXCLUDED.live_bets,
-        bet_total = EXCLUDED.bet_total, win_total = EXCLUDED.win_total, closed = EXCLUDED.closed;
+    IF jsonb_array_length(doc->'r') > 0 THEN
+        INSERT INTO rounds (brand_id, provider_id, round_id, player_id, currency, bet_count, open_bets, live_bets,
+                            bet_total, win_total, closed)
+        SELECT r->>0, r->>1, r->>2, r->>3, r->>4, (r->>5)::integer, (r->>6)::integer, (r->>7)::integer,
+               (r->>8)::bigint, (r->>9)::bigint, (r->>10)::boolean
+          FROM jsonb_array_elements(doc->'r') r
+        ON CONFLICT (brand_id, provider_id, round_id) DO UPDATE SET
+            bet_count = EXCLUDED.bet_count, open_bets = EXCLUDED.open_bets, live_bets = EXCLUDED.live_bets,
+            bet_total = EXCLUDED.bet_total, win_total = EXCLUDED.win_total, closed = EXCLUDED.closed;
+    END IF;
 
-    INSERT INTO tombstones (brand_id, provider_id, tx_id, ledger_tx)
-    SELECT r->>0, r->>1, r->>2, (r->>3)::bigint FROM jsonb_array_elements(doc->'s') r;
+    IF jsonb_array_length(doc->'s') > 0 THEN
+        INSERT INTO tombstones (brand_id, provider_id, tx_id, ledger_tx)
+        SELECT r->>0, r->>1, r->>2, (r->>3)::bigint FROM jsonb_array_elements(doc->'s') r;
+    END IF;
 
-    INSERT INTO rg_limits (brand_id, player_id, key, value, pending_value, pending_set, pending_from_ms)
-    SELECT r->>0, r->>1, r->>2, (r->>3)::bigint, (r->>4)::bigint, (r->>5)::boolean, (r->>6)::bigint
-      FROM jsonb_array_elements(doc->'l') r
-    ON CONFLICT (brand_id, player_id, key) DO UPDATE SET value = EXCLUDED.value,
-        pending_value = EXCLUDED.pending_value, pending_set = EXCLUDED.pending_set,
-        pending_from_ms = EXCLUDED.pending_from_ms;
+    IF jsonb_array_length(doc->'l') > 0 THEN
+        INSERT INTO rg_limits (brand_id, player_id, key, value, pending_value, pending_set, pending_from_ms)
+        SELECT r->>0, r->>1, r->>2, (r->>3)::bigint, (r->>4)::bigint, (r->>5)::boolean, (r->>6)::bigint
+          FROM jsonb_array_elements(doc->'l') r
+        ON CONFLICT (brand_id, player_id, key) DO UPDATE SET value = EXCLUDED.value,
+            pending_value = EXCLUDED.pending_value, pending_set = EXCLUDED.pending_set,
+            pending_from_ms = EXCLUDED.pending_from_ms;
+    END IF;
 
-    INSERT INTO rg_usage (brand_id, player_id, currency, day, staked, won)
-    SELECT r->>0, r->>1, r->>2, (r->>3)::date, (r->>4)::bigint, (r->>5)::bigint
-      FROM jsonb_array_elements(doc->'u') r
-    ON CONFLICT (brand_id, player_id, currency, day) DO UPDATE SET
-        staked = rg_usage.staked + EXCLUDED.staked, won = rg_usage.won + EXCLUDED.won;
+    IF jsonb_array_length(doc->'u') > 0 THEN
+        INSERT INTO rg_usage (brand_id, player_id, currency, day, staked, won)
+        SELECT r->>0, r->>1, r->>2, (r->>3)::date, (r->>4)::bigint, (r->>5)::bigint
+          FROM jsonb_array_elements(doc->'u') r
+        ON CONFLICT (brand_id, player_id, currency, day) DO UPDATE SET
+            staked = rg_usage.staked + EXCLUDED.staked, won = rg_usage.won + EXCLUDED.won;
+    END IF;
 
     -- the payload is the event's JSON text exactly as the writer encoded it (sent as a JSON string)
-    INSERT INTO outbox (event_id, subject, payload, batch_seq)
-    SELECT r->>0, r->>1, convert_to(r->>2, 'UTF8'), p_batch_seq FROM jsonb_array_elements(doc->'o') r;
+    IF jsonb_array_length(doc->'o') > 0 THEN
+        INSERT INTO outbox (event_id, subject, payload, batch_seq)
+        SELECT r->>0, r->>1, convert_to(r->>2, 'UTF8'), p_batch_seq FROM jsonb_array_elements(doc->'o') r;
+    END IF;
 
     INSERT INTO batches (batch_seq, prev_hash, digest, hash, tx_count)
     VALUES (p_batch_seq, p_prev_hash, p_digest, p_hash, jsonb_array_length(doc->'t'));
