@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol
 
 from aiohttp import web
 
-from gateway.errors import GatewayError
+from gateway.errors import Forbidden, GatewayError, PayloadTooLarge
 from ledger.commands import Command, Kind, Result
 
 
@@ -115,6 +115,15 @@ class Adapter:
             if base in cls.ERRORS:
                 return cls.ERRORS[base]
         raise KeyError(f"{cls.__name__} maps no code for {klass.__name__}")
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """The raw body of an allowed caller: source network first, then the size bound (413)."""
+        if not self.source_allowed(request):
+            raise Forbidden("source network not allowed for this provider")
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge() from None
 
     def source_allowed(self, request: web.Request) -> bool:
         if not self.config.allowed_networks:

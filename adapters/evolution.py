@@ -168,13 +168,8 @@ class EvolutionAdapter(Adapter):
                       op: Callable[[web.Request, dict[str, Any]], Awaitable[Reply]]) -> web.StreamResponse:
         uuid = ""
         try:
-            if not self.source_allowed(request):
-                raise e.Forbidden("source network not allowed")
+            body = await self.read_body(request)
             self.verify(request.query.get("authToken"))
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                raise e.PayloadTooLarge() from None
             try:
                 data = loads_exact(body)
             except ValueError:

@@ -218,12 +218,7 @@ class Hub88Adapter(Adapter):
     async def _handle(self, request: web.Request, op: Op) -> web.StreamResponse:
         echo: dict[str, Any] = {}
         try:
-            if not self.source_allowed(request):
-                raise e.Forbidden("source network not allowed")
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                raise e.PayloadTooLarge() from None
+            body = await self.read_body(request)
             self.verify(body, request.headers.get(SIGNATURE_HEADER))
             try:
                 data = orjson.loads(body)

@@ -23,6 +23,7 @@ from adapters import flow
 from adapters.base import Adapter, PlayerSession
 from adapters.flow import Call
 from gateway import errors as E
+from gateway.http import field
 from gateway.money import exponent, format_minor, to_minor
 from ledger.commands import Kind, Result
 
@@ -33,15 +34,6 @@ OK = "OK"
 
 def sign(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def _str(body: dict[str, Any], name: str, *, required: bool = True, max_len: int = 128) -> str:
-    value = body.get(name)
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str) or not value or len(value) > max_len:
-        raise E.MalformedBody(f"field {name!r} must be a non-empty string of at most {max_len} characters")
-    return value
 
 
 def _bool(body: dict[str, Any], name: str) -> bool:
@@ -72,12 +64,7 @@ class NativeAdapter(Adapter):
     def _wrap(self, handler: Callable[[dict[str, Any], web.Request], Awaitable[dict[str, Any]]]) -> Any:
         async def endpoint(request: web.Request) -> web.Response:
             try:
-                if not self.source_allowed(request):
-                    raise E.Forbidden("source address not allowed for this provider")
-                try:
-                    raw = await request.read()
-                except web.HTTPRequestEntityTooLarge:
-                    raise E.PayloadTooLarge() from None
+                raw = await self.read_body(request)
                 given = request.headers.get(SIGNATURE_HEADER, "")
                 if not hmac.compare_digest(given.encode(), sign(self.config.secret, raw).encode()):
                     raise E.InvalidSignature()
@@ -126,10 +113,10 @@ class NativeAdapter(Adapter):
             if not token:
                 raise E.MalformedBody("session_token or player_id is required")
             return await self.wallet.session(self.config.id, token, allow_expired=True)
-        return await flow.settlement_session(self, token, _str(body, "player_id"))
+        return await flow.settlement_session(self, token, field(body, "player_id"))
 
     def _amount(self, body: dict[str, Any], session: PlayerSession) -> int:
-        currency = _str(body, "currency", max_len=3)
+        currency = field(body, "currency", max_len=3)
         exponent(currency)
         if currency != session.currency:
             raise E.WrongCurrency(f"session currency is {session.currency}, not {currency}")
@@ -140,23 +127,23 @@ class NativeAdapter(Adapter):
 
     # ------------------------------------------------------------------ calls
     async def authenticate(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
-        session = await self.wallet.open_session(self.config.id, _str(body, "launch_token"))
+        session = await self.wallet.open_session(self.config.id, field(body, "launch_token"))
         balance = await self.wallet.balance(session)
         return {"session_token": session.token, "player_id": session.player_id, "currency": session.currency,
                 "balance": format_minor(balance, session.currency), "expires_ms": session.expires_ms}
 
     async def balance(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
-        session = await self.wallet.session(self.config.id, _str(body, "session_token", max_len=200))
+        session = await self.wallet.session(self.config.id, field(body, "session_token", max_len=200))
         balance = await self.wallet.balance(session)
         return {"balance": format_minor(balance, session.currency), "currency": session.currency}
 
     async def bet(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
-        session = await flow.bet_session(self, _str(body, "session_token", max_len=200), None)
+        session = await flow.bet_session(self, field(body, "session_token", max_len=200), None)
         amount = self._amount(body, session)
-        cmd = flow.build(self, session, Kind.BET, tx_id=_str(body, "transaction_id"),
-                         round_id=_str(body, "round_id"), amount=amount,
+        cmd = flow.build(self, session, Kind.BET, tx_id=field(body, "transaction_id"),
+                         round_id=field(body, "round_id"), amount=amount,
                          traceparent=request.headers.get("traceparent"),
-                         game_id=_str(body, "game_id", required=False),
+                         game_id=field(body, "game_id", required=False),
                          free_round=_bool(body, "free_round"), round_closed=_bool(body, "round_closed"))
         return self._money_answer(await self.wallet.execute(cmd))
 
@@ -166,27 +153,27 @@ class NativeAdapter(Adapter):
         credit_type = body.get("type", "win")
         if credit_type not in ("win", "bonus", "jackpot", "promo"):
             raise E.MalformedBody("type must be win, bonus, jackpot or promo")
-        ref = _str(body, "bet_transaction_id", required=False) or None
-        cmd = flow.build(self, session, Kind.WIN, tx_id=_str(body, "transaction_id"),
-                         round_id=_str(body, "round_id"), amount=amount, ref_tx_id=ref,
+        ref = field(body, "bet_transaction_id", required=False) or None
+        cmd = flow.build(self, session, Kind.WIN, tx_id=field(body, "transaction_id"),
+                         round_id=field(body, "round_id"), amount=amount, ref_tx_id=ref,
                          traceparent=request.headers.get("traceparent"), credit_type=credit_type,
-                         game_id=_str(body, "game_id", required=False),
+                         game_id=field(body, "game_id", required=False),
                          free_round=_bool(body, "free_round"), round_closed=_bool(body, "round_closed"))
         return self._money_answer(await self.wallet.execute(cmd))
 
     async def rollback(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
         session = await self._settle_session(body)
-        ref = _str(body, "bet_transaction_id")
-        cmd = flow.build(self, session, Kind.ROLLBACK, tx_id=_str(body, "transaction_id"),
-                         round_id=_str(body, "round_id", required=False) or ref, ref_tx_id=ref,
+        ref = field(body, "bet_transaction_id")
+        cmd = flow.build(self, session, Kind.ROLLBACK, tx_id=field(body, "transaction_id"),
+                         round_id=field(body, "round_id", required=False) or ref, ref_tx_id=ref,
                          traceparent=request.headers.get("traceparent"),
                          round_closed=_bool(body, "round_closed"))
         return self._money_answer(await self.wallet.execute(cmd))
 
     async def end_round(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
         session = await self._settle_session(body)
-        round_id = _str(body, "round_id")
-        tx_id = _str(body, "transaction_id", required=False) or f"end:{round_id}"
+        round_id = field(body, "round_id")
+        tx_id = field(body, "transaction_id", required=False) or f"end:{round_id}"
         cmd = flow.build(self, session, Kind.END_ROUND, tx_id=tx_id, round_id=round_id,
                          traceparent=request.headers.get("traceparent"))
         return self._money_answer(await self.wallet.execute(cmd))

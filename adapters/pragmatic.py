@@ -239,12 +239,7 @@ class PragmaticAdapter(Adapter):
         if op is None:
             return self._json([("error", 7), ("description", f"unknown method {method}")], 404)
         try:
-            if not self.source_allowed(request):
-                raise e.Forbidden("source network not allowed")
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                raise e.PayloadTooLarge() from None
+            body = await self.read_body(request)
             params = self.parse_form(body)
             self.verify(params)
             p = _Params(params)

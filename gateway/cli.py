@@ -12,8 +12,11 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
+import time
 
+from gateway.processes import StopRequested, stop_children
 from gateway.settings import Settings, SettingsError
 
 
@@ -83,42 +86,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve_workers(settings: Settings, workers: int) -> int:
     """N processes, one event loop each, sharing the port through SO_REUSEPORT."""
-    import subprocess
-
     env = {**os.environ, "GATEWAY_WORKERS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--workers", "1"], env=env)
              for _ in range(workers)]
     return _supervise(procs)
 
 
-def _supervise(procs: list) -> int:  # type: ignore[type-arg]
-    """Wait for children; on SIGINT/SIGTERM (or one dying) stop them all and wait."""
-    import time
-
-    stopping = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stopping and all(p.poll() is None for p in procs):
+def _supervise(procs: list[subprocess.Popen[bytes]]) -> int:
+    """Wait for the children; on SIGINT/SIGTERM (or one dying) stop them all and wait."""
+    with StopRequested() as stop:
+        while not stop.requested and all(p.poll() is None for p in procs):
             time.sleep(0.2)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for p in procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except Exception:
-                p.kill()
-                p.wait()
-        for s, h in old.items():
-            signal.signal(s, h)
-    return 0 if stopping else 1
+        stop_children(procs, 20)
+    return 0 if stop.requested else 1
 
 
 # ---------------------------------------------------------------------- ledger

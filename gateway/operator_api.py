@@ -23,7 +23,7 @@ from gateway.money import exponent, format_minor, to_minor
 from gateway.providers import adapter_class
 from gateway.settings import SETTINGS_KEY
 from gateway.state import STATE_KEY
-from ledger.commands import Kind
+from ledger.commands import Kind, Result
 
 MONEY_LIMITS = ("loss_day", "loss_week", "loss_month", "max_stake")
 OPERATOR_PROVIDER = "operator"
@@ -63,6 +63,13 @@ def _player(body: dict[str, Any], provider_id: str = OPERATOR_PROVIDER) -> Playe
     )
 
 
+def _raise_unless_applied(result: Result) -> None:
+    """A retry (same key, same request) answers like the original; anything else not applied is an error."""
+    err = E.error_for(result)
+    if err is not None and (not isinstance(err, E.Duplicate) or isinstance(err, E.IdempotencyConflict)):
+        raise err
+
+
 @guarded("operator")
 async def launch_session(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
@@ -96,10 +103,7 @@ async def _cash(request: web.Request, kind: Kind) -> web.StreamResponse:
     cmd = state.wallet.command(player, kind, tx_id=key, round_id=f"cash:{key}", amount=minor,
                                traceparent=request.headers.get("traceparent"))
     result = await state.wallet.execute(cmd, guard=False)
-    err = E.error_for(result)
-    if (err is not None and not isinstance(err, E.Duplicate)) or isinstance(err, E.IdempotencyConflict):
-        assert err is not None
-        raise err
+    _raise_unless_applied(result)
     return json_response({"status": "OK", "balance": format_minor(result.balance, result.currency),
                           "currency": result.currency, "transaction_id": str(result.ledger_tx),
                           "duplicate": result.duplicate})
@@ -133,10 +137,7 @@ async def _rg(request: web.Request, limits: dict[str, int | None], body: dict[st
     cmd = state.wallet.command(player, Kind.RG_SET, tx_id=key, round_id=f"rg:{key}", limits=limits,
                                traceparent=request.headers.get("traceparent"))
     result = await state.wallet.execute(cmd, guard=False)
-    err = E.error_for(result)
-    if (err is not None and not isinstance(err, E.Duplicate)) or isinstance(err, E.IdempotencyConflict):
-        assert err is not None
-        raise err
+    _raise_unless_applied(result)
     current = await state.limits(player.brand_id, player.player_id, player.currency)
     return json_response({"status": "OK", "duplicate": result.duplicate, "limits": current})
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from gateway.processes import StopRequested, stop_children
 from gateway.settings import Settings
 
 DEMO_PROVIDER = "demo"
@@ -86,13 +86,7 @@ def run_up(settings: Settings, *, workers: int = 0) -> int:
     stack = EmbeddedStack(data, nats_url=settings.nats_url or None, pg_dsn=settings.pg_dsns or None,
                           redis_url=settings.redis_url or None, database=None if settings.pg_dsns else "gateway")
     children: list[subprocess.Popen[bytes]] = []
-    stopping = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopRequested().__enter__()
     try:
         stack.start()
         settings = dev_defaults(settings.replace(nats_url=stack.nats_url, pg_dsns=settings.pg_dsns or stack.pg_dsn,
@@ -107,7 +101,7 @@ def run_up(settings: Settings, *, workers: int = 0) -> int:
         n = str(workers or settings.workers)
         children.append(subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--workers", n], env=env))
         base = f"http://{settings.http_host}:{settings.http_port}"
-        if _wait_ready(base, children, lambda: stopping):
+        if _wait_ready(base, children, lambda: stop.requested):
             print(f"\nGame Gateway ready on {base}  (ledger writers for {settings.shards} shards)")
             print(f"  operator API key   {next(k for k, r in settings.api_key_roles.items() if r == 'operator')}")
             print(f"  admin API key      {next(k for k, r in settings.api_key_roles.items() if r == 'admin')}")
@@ -115,25 +109,16 @@ def run_up(settings: Settings, *, workers: int = 0) -> int:
             print(f"  OpenAPI            {base}/openapi.json    readiness {base}/readyz")
             print(walkthrough(settings, base))
             print("Ctrl-C stops everything.", flush=True)
-        while not stopping and all(c.poll() is None for c in children):
+        while not stop.requested and all(c.poll() is None for c in children):
             time.sleep(0.2)
-        failed = not stopping
+        failed = not stop.requested
         if failed:
             print("gateway up: a child process exited; stopping everything", file=sys.stderr)
         return 1 if failed else 0
     finally:
-        for c in reversed(children):
-            if c.poll() is None:
-                c.send_signal(signal.SIGTERM)
-        for c in reversed(children):
-            try:
-                c.wait(settings.shutdown_drain_s + 10)
-            except subprocess.TimeoutExpired:
-                c.kill()
-                c.wait()
+        stop_children(children, settings.shutdown_drain_s + 10)
         stack.stop()
-        for s, h in old.items():
-            signal.signal(s, h)
+        stop.__exit__(None, None, None)
         print("gateway up: stopped", flush=True)
 
 

@@ -133,7 +133,8 @@ class RealBackend:
         return result
 
     # --- test hooks ---------------------------------------------------------------------------------
-    def _keys(self, s: PlayerSession) -> dict[str, str]:
+    @staticmethod
+    def _keys(s: PlayerSession) -> dict[str, str]:
         return {"tenant_id": s.tenant_id, "brand_id": s.brand_id, "license": s.license,
                 "player_id": s.player_id, "currency": s.currency}
 
@@ -161,17 +162,33 @@ class RealBackend:
             status, body = await self.api.deposit(self._keys(template), format_minor(balance, currency),
                                                    key=f"{self.tag}-deposit-{uuid.uuid4().hex}")
             assert status == 200, body
-        launch = await self.add_launch_token(template)
-        session: PlayerSession = await self.gateway.state.wallet.open_session(provider_id, launch)
+        session = await self._opened(self.gateway, template,
+                                     *await self._launch(self._launcher(provider_id), template))
         self.players[session.player_id] = session
         return session
 
-    async def add_launch_token(self, session: PlayerSession) -> str:
-        status, body = await self._launcher(session.provider_id).operator(
-            "POST", "/v1/sessions", {**self._keys(session), "country": session.country,
+    @staticmethod
+    async def _launch(api: Api, session: PlayerSession) -> tuple[str, bool]:
+        """``/v1/sessions``: (token, whether it is already the session, as for Hub88 and Evolution)."""
+        status, body = await api.operator(
+            "POST", "/v1/sessions", {**RealBackend._keys(session), "country": session.country,
                                      "provider_id": session.provider_id})
         assert status == 201, body
-        return str(body["launch_token"])
+        return str(body["launch_token"]), "session_token" in body
+
+    @staticmethod
+    async def _opened(gateway: Any, template: PlayerSession, token: str, is_session: bool) -> PlayerSession:
+        """The provider session: the launch's own for protocols without a token exchange, else exchanged."""
+        wallet = gateway.state.wallet
+        if is_session:
+            session: PlayerSession = await wallet.session(template.provider_id, token)
+        else:
+            session = await wallet.open_session(template.provider_id, token)
+        return session
+
+    async def add_launch_token(self, session: PlayerSession) -> str:
+        token, _ = await self._launch(self._launcher(session.provider_id), session)
+        return token
 
     async def _rewrite(self, session: PlayerSession, **fields: int) -> None:
         state = self.gateway.state
@@ -232,12 +249,7 @@ class RealBackend:
     # --- other gateways -----------------------------------------------------------------------------
     async def session_at(self, gateway: Any, session: PlayerSession) -> PlayerSession:
         """The player's session at the same provider, launched through ``gateway`` (its own namespace)."""
-        status, body = await Api(self.http, gateway.base_url).operator(
-            "POST", "/v1/sessions", {**self._keys(session), "country": session.country,
-                                     "provider_id": session.provider_id})
-        assert status == 201, body
-        opened: PlayerSession = await gateway.state.wallet.open_session(session.provider_id, body["launch_token"])
-        return opened
+        return await self._opened(gateway, session, *await self._launch(Api(self.http, gateway.base_url), session))
 
     @staticmethod
     def provider_at(gateway: Any, provider: Provider) -> Provider:
