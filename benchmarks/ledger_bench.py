@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -82,12 +85,20 @@ async def bench_batched(settings: Settings, dsn: str, n: int, per_msg: int) -> f
     for i in range(0, n, per_msg):
         body = b"[" + b",".join(orjson.dumps(c.to_wire()) for c in cmds[i:i + per_msg]) + b"]"
         await js.publish(subject, body, headers={transport.MSG_ID_HEADER: f"m{i}", transport.REPLY_HEADER: reply})
-    writer = ShardWriter(settings, 0, dsn, nc)
-    start = time.perf_counter()
-    task = asyncio.create_task(writer.run())
-    await asyncio.wait_for(done.wait(), 600)
-    writer.stop()
-    await task
+    # the outbox relay runs as `gateway up` runs it: a process of its own, competing for the same cores
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(settings.env())
+    relay = subprocess.Popen([sys.executable, "-m", "gateway", "relay", "--shards", "0"], env=env)
+    writer = ShardWriter(settings, 0, dsn, nc, relay=False)
+    try:
+        start = time.perf_counter()
+        task = asyncio.create_task(writer.run())
+        await asyncio.wait_for(done.wait(), 600)
+        writer.stop()
+        await task
+    finally:
+        relay.terminate()
+        relay.wait(30)
     await nc.drain()
     return n / (last - start)
 

@@ -114,7 +114,25 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         stop = await _until_signal()
-        await run_writers(settings, shards, stop)
+        await run_writers(settings, shards, stop, relay=not args.no_relay)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    settings = _settings()
+    _need(settings, "nats_url", "pg_dsns")
+    _logging(settings)
+    from ledger.outbox import run_relays
+    from ledger.sharding import parse_shard_range
+
+    shards = parse_shard_range(args.shards, settings.shards)
+    _install_uvloop()
+
+    async def main() -> None:
+        stop = await _until_signal()
+        await run_relays(settings, shards, stop)
 
     asyncio.run(main())
     return 0
@@ -163,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("ledger", help="ledger writers only")
     p.add_argument("--shards", default="all", help="e.g. 0-3, 1,3 or all")
+    p.add_argument("--no-relay", action="store_true", help="leave the outbox relays to `gateway relay`")
     p.set_defaults(func=cmd_ledger)
+    p = sub.add_parser("relay", help="outbox relays only (events → NATS), one active per shard")
+    p.add_argument("--shards", default="all", help="e.g. 0-3, 1,3 or all")
+    p.set_defaults(func=cmd_relay)
     p = sub.add_parser("migrate", help="apply SQL migrations to the shards' schemas")
     p.add_argument("--shards", default="all", help="e.g. 0-1 (default: all)")
     p.set_defaults(func=cmd_migrate)

@@ -97,7 +97,9 @@ def run_up(settings: Settings, *, workers: int = 0) -> int:
         print(f"  migrations {sum(len(v) for v in applied.values())} applied over {len(applied)} shard(s)")
         env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("GATEWAY_")}
         env.update(settings.env())
-        children.append(subprocess.Popen([sys.executable, "-m", "gateway", "ledger", "--shards", "all"], env=env))
+        children.append(subprocess.Popen([sys.executable, "-m", "gateway", "ledger", "--shards", "all", "--no-relay"],
+                                         env=env))
+        children.append(subprocess.Popen([sys.executable, "-m", "gateway", "relay", "--shards", "all"], env=env))
         n = str(workers or settings.workers)
         children.append(subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--workers", n], env=env))
         base = f"http://{settings.http_host}:{settings.http_port}"

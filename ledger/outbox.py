@@ -3,13 +3,17 @@
 Rows are published in ``seq`` order with the event id as ``Nats-Msg-Id``, then the cursor advances in
 the database. A relay that dies after publishing and before moving the cursor publishes the same
 events again, and the EVENTS stream's duplicate window drops them: at-least-once from the table,
-exactly-once into the stream within the window.
+exactly-once into the stream within the window. One relay is active per shard (an advisory lock);
+it may run inside the writer process or as a process of its own (``gateway relay``), woken by the
+writer's NOTIFY at commit, with a slow poll as the fallback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+from collections.abc import Sequence
 
 import asyncpg
 import orjson
@@ -17,9 +21,14 @@ from nats.js import JetStreamContext
 
 from gateway.settings import Settings
 from ledger import transport
-from ledger.sharding import connect
+from ledger.sharding import connect, schema_for
 
 log = logging.getLogger(__name__)
+
+
+def relay_lock_key(settings: Settings, shard: int) -> int:
+    digest = hashlib.sha256(f"outbox-relay:{settings.namespace}:{shard}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class OutboxRelay:
@@ -36,6 +45,9 @@ class OutboxRelay:
     def wake(self) -> None:
         self._wake.set()
 
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
@@ -50,6 +62,14 @@ class OutboxRelay:
                 await asyncio.sleep(1.0)
                 continue
             try:
+                while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", relay_lock_key(self.settings,
+                                                                                                  self.shard)):
+                    try:
+                        await asyncio.wait_for(self._stop.wait(), 1.0)
+                    except TimeoutError:
+                        continue
+                    return
+                await conn.add_listener(f"gw_outbox_{schema_for(self.shard)}", self._notified)
                 while not self._stop.is_set():
                     moved = await self.relay_once(conn)
                     if moved < self.batch:
@@ -83,3 +103,23 @@ class OutboxRelay:
         await conn.execute("UPDATE outbox_cursor SET last_seq = $1 WHERE id = 1", rows[-1]["seq"])
         self.published += len(rows)
         return len(rows)
+
+
+async def run_relays(settings: Settings, shards: Sequence[int], stop: asyncio.Event) -> None:
+    """Run the outbox relays of ``shards`` in this process until ``stop`` is set."""
+    import nats
+
+    dsns = settings.shard_dsns()
+    nc = await nats.connect(settings.nats_url, name=f"outbox-relay-{settings.instance_id}",
+                            max_reconnect_attempts=-1)
+    js = nc.jetstream()
+    await transport.ensure_streams(js, settings)
+    relays = [OutboxRelay(settings, shard, dsns[shard], js) for shard in shards]
+    tasks = [asyncio.create_task(r.run(), name=f"outbox-{r.shard}") for r in relays]
+    try:
+        await stop.wait()
+    finally:
+        for r in relays:
+            r.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await nc.drain()

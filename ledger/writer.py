@@ -146,7 +146,7 @@ def decode_batch(data: bytes) -> tuple[list[Command], list[Result]]:
 class ShardWriter:
     """Pull loop of one shard: lock, fetch, apply, reply, ack."""
 
-    def __init__(self, settings: Settings, shard: int, dsn: str, nc: NATS) -> None:
+    def __init__(self, settings: Settings, shard: int, dsn: str, nc: NATS, *, relay: bool = True) -> None:
         self.settings = settings
         self.shard = shard
         self.dsn = dsn
@@ -158,6 +158,7 @@ class ShardWriter:
         self.active = False
         self._stop = asyncio.Event()
         self.relay: OutboxRelay | None = None
+        self.with_relay = relay
 
     def stop(self) -> None:
         self._stop.set()
@@ -190,13 +191,16 @@ class ShardWriter:
             self.active = True
             log.info("shard %d: writer active", self.shard)
             applier = BatchApplier(conn, self.shard, self.settings)
-            self.relay = OutboxRelay(self.settings, self.shard, self.dsn, self.js)
-            relay_task = asyncio.create_task(self.relay.run(), name=f"outbox-{self.shard}")
+            relay_task = None
+            if self.with_relay:
+                self.relay = OutboxRelay(self.settings, self.shard, self.dsn, self.js)
+                relay_task = asyncio.create_task(self.relay.run(), name=f"outbox-{self.shard}")
             try:
                 await self._pull_loop(applier)
             finally:
-                self.relay.stop()
-                await asyncio.gather(relay_task, return_exceptions=True)
+                if self.relay is not None and relay_task is not None:
+                    self.relay.stop()
+                    await asyncio.gather(relay_task, return_exceptions=True)
         finally:
             self.active = False
             await conn.close()
@@ -246,8 +250,9 @@ class ShardWriter:
         await self.nc.flush()
 
 
-async def run_writers(settings: Settings, shards: Sequence[int], stop: asyncio.Event) -> None:
-    """Run the writers of ``shards`` in this process until ``stop`` is set."""
+async def run_writers(settings: Settings, shards: Sequence[int], stop: asyncio.Event, *, relay: bool = True) -> None:
+    """Run the writers of ``shards`` in this process until ``stop`` is set (with their outbox relays
+    unless ``relay`` is off, for when ``gateway relay`` runs them in a process of their own)."""
     dsns = settings.shard_dsns()
     nc = await nats.connect(settings.nats_url, name=f"ledger-writer-{settings.instance_id}",
                             max_reconnect_attempts=-1)
@@ -256,7 +261,7 @@ async def run_writers(settings: Settings, shards: Sequence[int], stop: asyncio.E
     for shard in shards:
         await js.add_consumer(transport.stream_name(settings, settings.stream_name),
                               transport.consumer_config(settings, shard))
-    writers = [ShardWriter(settings, shard, dsns[shard], nc) for shard in shards]
+    writers = [ShardWriter(settings, shard, dsns[shard], nc, relay=relay) for shard in shards]
     tasks = [asyncio.create_task(w.run(), name=f"writer-{w.shard}") for w in writers]
     runner = await serve_health(settings, nc, writers) if settings.writer_http_port else None
     try:

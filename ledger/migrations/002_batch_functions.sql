@@ -135,4 +135,9 @@ BEGIN
 
     INSERT INTO batches (batch_seq, prev_hash, digest, hash, tx_count)
     VALUES (p_batch_seq, p_prev_hash, p_digest, p_hash, jsonb_array_length(doc->'t'));
+
+    -- wake this shard's outbox relay, wherever it runs (delivered at commit, dropped on rollback)
+    IF jsonb_array_length(doc->'o') > 0 THEN
+        PERFORM pg_notify('gw_outbox_' || current_schema(), '');
+    END IF;
 END $$;
