@@ -4,8 +4,13 @@
 -- batch as one jsonb document of row arrays: PostgreSQL unpacks it in C, so no per-value encoding
 -- work is left on the writer's event loop.
 
+-- Both functions join a batch's few keys against tables that only grow: index lookups are always right,
+-- but the planner guesses 100 rows for jsonb_array_elements and, on young tables, prefers hash joins over
+-- sequential scans. The function-level settings below take that choice away from it.
 CREATE FUNCTION gw_load_batch(doc jsonb, since date, n_ids integer, shard integer)
-RETURNS json LANGUAGE plpgsql AS $$
+RETURNS json LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
 DECLARE
     out json;
 BEGIN
@@ -66,7 +71,9 @@ BEGIN
 END $$;
 
 CREATE FUNCTION gw_write_batch(p_batch_seq bigint, p_prev_hash bytea, p_digest bytea, p_hash bytea, doc jsonb)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
 BEGIN
     INSERT INTO transactions (ledger_tx, brand_id, provider_id, tx_id, kind, status, request_hash, tenant_id,
                               license, player_id, currency, round_id, ref_tx_id, amount, credit_type,
