@@ -7,7 +7,7 @@ same way (uvloop, one process). Reported: calls/s and p50/p95/p99 latency from r
 The generator shares this machine's two cores with everything it measures: compare the ratio, not
 the absolute rates, across machines.
 
-    python -m benchmarks.e2e_bench [--seconds 20] [--concurrency 64]
+    python -m benchmarks.e2e_bench [--seconds 20] [--concurrency 4,16,64]
 """
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ def report(name: str, rate: int, errors: int, lat: list[float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--concurrency", default="4,16,64", help="comma-separated player counts, each a run")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     rounds_each = 4000
@@ -129,9 +129,14 @@ def main() -> None:
                 key = re.search(r"operator API key\s+(\S+)", text).group(1)  # type: ignore[union-attr]
                 secret = (Path(tmp) / "data" / "demo.secret").read_text().strip()
                 base = f"http://127.0.0.1:{port}"
-                rounds = asyncio.run(setup_players(base, key, secret, args.concurrency, rounds_each))
+                levels = [int(c) for c in args.concurrency.split(",")]
+                rounds = asyncio.run(setup_players(base, key, secret, max(levels), rounds_each))
                 asyncio.run(drive(base, [r[:50] for r in rounds], 2))  # warm-up
-                gw = asyncio.run(drive(base, [r[50:] for r in rounds], args.seconds))
+                used = 50
+                gw = {}
+                for level in levels:
+                    share = (rounds_each * 2 - used) // len(levels)
+                    gw[level] = asyncio.run(drive(base, [r[used:used + share] for r in rounds[:level]], args.seconds))
             finally:
                 up.send_signal(signal.SIGINT)
                 up.wait(60)
@@ -149,16 +154,19 @@ def main() -> None:
                         raise
                     time.sleep(0.2)
             asyncio.run(drive(tbase, [r[:50] for r in rounds], 2))  # warm-up
-            base_run = asyncio.run(drive(tbase, [r[50:] for r in rounds], args.seconds))
+            base_run = {level: asyncio.run(drive(tbase, [r[50:] for r in rounds[:level]], args.seconds))
+                        for level in levels}
         finally:
             trivial.send_signal(signal.SIGINT)
             trivial.wait(20)
-    print(f"\nend to end: native bet+win, {args.concurrency} players back to back, {args.seconds:.0f} s each, "
+    print(f"\nend to end: native bet+win, players playing back to back, {args.seconds:.0f} s per run, "
           f"gateway workers {args.workers}")
-    report("gateway (up: bet+win → ledger)", *gw)
-    report("trivial aiohttp JSON handler", *base_run)
-    print(f"  ratio gateway / trivial             {gw[0] / base_run[0]:.1%}")
-    print(orjson.dumps({"gateway_rps": gw[0], "trivial_rps": base_run[0]}).decode())
+    for level in levels:
+        report(f"gateway, {level} players", *gw[level])
+        report(f"trivial handler, {level} players", *base_run[level])
+        print(f"  {'ratio gateway / trivial':<34} {gw[level][0] / base_run[level][0]:8.1%}")
+    print(orjson.dumps({str(level): {"gateway_rps": gw[level][0], "trivial_rps": base_run[level][0]}
+                        for level in levels}).decode())
 
 
 if __name__ == "__main__":

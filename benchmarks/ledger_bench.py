@@ -88,7 +88,7 @@ async def bench_batched(settings: Settings, dsn: str, n: int, per_msg: int) -> f
     # the outbox relay runs as `gateway up` runs it: a process of its own, competing for the same cores
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(settings.env())
-    relay = subprocess.Popen([sys.executable, "-m", "gateway", "relay", "--shards", "0"], env=env)
+    relay = subprocess.Popen([sys.executable, "-m", "gateway", "relay", "--shards", "0"], env=env)  # noqa: ASYNC220
     writer = ShardWriter(settings, 0, dsn, nc, relay=False)
     try:
         start = time.perf_counter()
