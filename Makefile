@@ -6,14 +6,17 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 PYTEST_ARGS ?=
+DATA    ?= .gateway
+LOAD_ARGS ?= --headless -u 50 -r 10 -t 60s
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint bench bench-ledger bench-e2e bench-hotpath bench-redis build clean install help
+.PHONY: run test lint load bench bench-ledger bench-e2e bench-hotpath bench-redis build clean install help
 
 help:
 	@echo "make run     - the whole stack on this machine (gateway up)"
 	@echo "make test    - lint, type-check and the whole test suite against real servers"
 	@echo "make lint    - ruff, cython-lint and mypy"
+	@echo "make load    - Locust players against a running make run (LOAD_ARGS to change)"
 	@echo "make bench   - hot-path, Redis quota, ledger and end-to-end benchmarks (not part of make test)"
 	@echo "make build   - (re)build the Cython extensions in place"
 	@echo "make clean   - remove build products (keeps .venv and .gateway)"
@@ -33,6 +36,11 @@ build: $(STAMP)
 
 run: build
 	$(BIN)/gateway up
+
+# Locust against a running `make run` (its keys are read from the data folder)
+load: $(STAMP)
+	GW_OPERATOR_KEY=$$(cat $(DATA)/operator.key) GW_PROVIDER_SECRET=$$(cat $(DATA)/demo.secret) \
+	  $(BIN)/locust -f loadtests/locustfile.py --host http://127.0.0.1:$${GATEWAY_HTTP_PORT:-8080} $(LOAD_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
