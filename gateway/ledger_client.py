@@ -84,6 +84,8 @@ class LedgerClient:
         self.latency_buckets = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
         self.latency_counts = [0] * (len(self.latency_buckets) + 1)
         self.latency_sum = 0.0
+        #: exponentially weighted ledger round trip (s): the "ledger lag" degradation watches
+        self.lag_ewma_s = 0.0
         self.closing = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -145,6 +147,7 @@ class LedgerClient:
 
     def _observe(self, seconds: float) -> None:
         self.latency_sum += seconds
+        self.lag_ewma_s += (seconds - self.lag_ewma_s) * 0.05
         for i, bound in enumerate(self.latency_buckets):
             if seconds <= bound:
                 self.latency_counts[i] += 1

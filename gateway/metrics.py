@@ -72,6 +72,7 @@ def render(request: web.Request) -> str:
         lines.append(f"gateway_ledger_latency_seconds_count {cum}")
         lines.append(f"gateway_ledger_latency_seconds_sum {st.ledger.latency_sum:.6f}")
         lines.append(f"gateway_ledger_timeouts_total {st.ledger.timeouts}")
+        lines.append(f"gateway_ledger_lag_seconds {st.ledger.lag_ewma_s:.6f}")
         lines.append(f"gateway_rate_limited_total {st.guards.limited}")
         quota = st.wallet.quota
         lines.append(f"gateway_redis_quota_fail_open_total {quota.fail_open if quota else 0}")

@@ -1,7 +1,8 @@
 """Background watchers that move the gateway between degradation modes on their own.
 
-Ledger pressure: when any shard's queue keeps shedding (or a command times out) for longer than
-``degrade_persist_s``, new sessions are refused globally until it has been calm as long again.
+Ledger pressure: when any shard's queue keeps shedding, commands time out, or the ledger's smoothed
+round trip stays over ``degrade_lag_budget_ms``, for longer than ``degrade_persist_s``, new sessions
+are refused globally until it has been calm as long again.
 Provider health: each provider with a ``health_url`` is polled; ``health_fail_threshold`` failures
 in a row put that provider in ``no_new_sessions``, ``health_ok_threshold`` successes lift it
 (hysteresis, so a flapping endpoint doesn't flap the mode).
@@ -55,7 +56,8 @@ class Monitor:
     def check_pressure(self, now: float) -> None:
         st = self.state
         timeouts = st.ledger.timeouts
-        under = st.ledger.shedding() or timeouts > self._last_timeouts
+        lagging = st.ledger.lag_ewma_s * 1000 > st.settings.degrade_lag_budget_ms
+        under = st.ledger.shedding() or timeouts > self._last_timeouts or lagging
         self._last_timeouts = timeouts
         persist = st.settings.degrade_persist_s
         if under:

@@ -58,7 +58,6 @@ class Settings:
     #: sojourn time is what the CoDel shedding reacts to
     ledger_inflight_batches: int = 2
     writer_fetch_msgs: int = 64
-    writer_fetch_wait_ms: int = 5
     writer_pool_size: int = 2
     #: how long JetStream waits for a writer's ack before redelivering a batch to the next writer
     writer_ack_wait_s: int = 10

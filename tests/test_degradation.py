@@ -217,3 +217,22 @@ async def test_a_providers_own_rate_limit(make_gateway: Any, http: Any) -> None:
         other = Api(http, gw.base_url)  # the demo provider keeps the global per-provider limit
         _, token2 = await other.funded("10.00")
         assert (await other.bet(token2, "b0", "r0", "0.10"))[0] == 200
+
+
+async def test_ledger_lag_over_budget_stops_new_sessions_until_calm(make_gateway: Any, http: Any) -> None:
+    from gateway.monitor import Monitor
+
+    async with make_gateway(degrade_lag_budget_ms=50, degrade_persist_s=1) as gw:
+        monitor = Monitor(gw.state)
+        gw.state.ledger.lag_ewma_s = 0.2  # as after a run of 200 ms round trips
+        monitor.check_pressure(100.0)
+        assert gw.state.degradation.mode_of("global") == "normal"  # not yet persisted
+        monitor.check_pressure(101.5)
+        assert gw.state.degradation.mode_of("global") == "no_new_sessions"
+        api = Api(http, gw.base_url)
+        status, body = await api.operator("POST", "/v1/sessions", {**api.player(), "provider_id": "demo"})
+        assert status == 503 and body["error"]["code"] == "no_new_sessions"
+        gw.state.ledger.lag_ewma_s = 0.001
+        monitor.check_pressure(102.0)
+        monitor.check_pressure(103.5)
+        assert gw.state.degradation.mode_of("global") == "normal"
