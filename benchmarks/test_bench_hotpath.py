@@ -1,8 +1,10 @@
 """Per-call cost of every hot-path operation, compiled twin next to pure twin. Never asserts a time.
 
 Each benchmark runs ``CALLS`` calls from a Python loop (the loop's own cost is included, as it is
-for any caller), grouped by operation. At the end of the module a table prints the median ns/call
-of each twin and their ratio, all measured in this run. Run with::
+for any caller), grouped by operation. Bulk operations (``add_many``, ``take_many``) move ``BULK``
+items per call; their rows also give the cost per item, comparable with the single-item rows.
+At the end of the module a table prints the median ns/call and ns/item of each twin and their
+ratio, all measured in this run. Run with::
 
     .venv/bin/pytest benchmarks/test_bench_hotpath.py --benchmark-only -q -p no:cacheprovider
 """
@@ -35,8 +37,12 @@ IMPLS = [
 ]
 KEYS = [f"p:brand{n % 7}:player{n}" for n in range(CALLS)]
 
+BULK = 100
+
 # operation -> implementation -> median ns per call
 RESULTS: dict[str, dict[str, float]] = {}
+# operation -> items moved per call (1 unless recorded)
+ITEMS: dict[str, int] = {}
 
 
 def load(name: str, impl: str) -> ModuleType:
@@ -49,10 +55,11 @@ def run(benchmark: Any, op: str, impl: str, loop: Callable[[], object], calls: i
     record(benchmark, op, impl, calls)
 
 
-def record(benchmark: Any, op: str, impl: str, calls: int) -> None:
+def record(benchmark: Any, op: str, impl: str, calls: int, items: int = 1) -> None:
     if benchmark.disabled or benchmark.stats is None:
         return
     RESULTS.setdefault(op, {})[impl] = benchmark.stats.stats.median / calls * 1e9
+    ITEMS[op] = items
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,12 +68,16 @@ def ratio_table(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if not RESULTS:
         return
+    width = max(len(op) for op in RESULTS)
     lines = [
-        f"{'operation':<34} {'c ns':>8} {'py ns':>8} {'c/py':>7} {'speed-up':>9}  other",
+        f"{'operation':<{width}} {'c ns':>8} {'py ns':>9} {'c ns/it':>8} {'py ns/it':>8} {'c/py':>7} {'speed-up':>9}"
+        "  other",
     ]
     for op, by_impl in RESULTS.items():
+        items = ITEMS.get(op, 1)
         c, py = by_impl.get("c"), by_impl.get("py")
-        cells = [f"{op:<34}", f"{c:8.1f}" if c else f"{'-':>8}", f"{py:8.1f}" if py else f"{'-':>8}"]
+        cells = [f"{op:<{width}}", f"{c:8.1f}" if c else f"{'-':>8}", f"{py:9.1f}" if py else f"{'-':>9}"]
+        cells += [f"{c / items:8.1f}" if c else f"{'-':>8}", f"{py / items:8.1f}" if py else f"{'-':>8}"]
         if c and py:
             cells += [f"{c / py:7.3f}", f"{py / c:8.1f}x"]
         else:
@@ -79,7 +90,7 @@ def ratio_table(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         reporter.write("\n")
-        reporter.write_sep("=", "hot path: median ns/call, compiled (c) vs pure twin (py)")
+        reporter.write_sep("=", "hot path: median ns per call and per item (it), compiled (c) vs pure twin (py)")
         for line in lines:
             reporter.write_line(line)
 
@@ -200,6 +211,37 @@ def test_batcher_encode(benchmark: Any, impl: str) -> None:
     run(benchmark, "batcher.encode 100 payloads", impl, encode, calls=1)
 
 
+@pytest.mark.parametrize("impl", [*IMPLS, pytest.param("c add x100")])
+def test_batcher_add_many(benchmark: Any, impl: str) -> None:
+    """What the ledger pump does when a slot frees: a shard's queued commands into its batcher.
+
+    The gateway's defaults (256 commands, 512 KiB): a call appends to the open batch, starts a
+    new one, or closes one by count on the way, in turn. ``c add x100`` is the compiled twin's
+    ``add`` called once per item, for comparison.
+    """
+    batcher = load("batcher", "c" if impl.startswith("c") else impl).Batcher(1, 256, 512 * 1024, 10**9)
+    chunks = [(IDS[k : k + BULK], PAYLOADS[k : k + BULK]) for k in range(0, CALLS, BULK)]
+    if impl == "c add x100":
+        add = batcher.add
+
+        def loop() -> None:
+            for ids, payloads in chunks:
+                for cmd_id, payload in zip(ids, payloads, strict=True):
+                    add(0, cmd_id, payload, NOW)
+
+    else:
+        add_many = batcher.add_many
+
+        def loop() -> None:
+            for ids, payloads in chunks:
+                add_many(0, ids, payloads, NOW)
+
+    op = f"batcher.add_many ({BULK} items)"
+    benchmark.group = op
+    benchmark(loop)
+    record(benchmark, op, impl, len(chunks), BULK)
+
+
 # --- backpressure -------------------------------------------------------------------------------
 
 
@@ -216,6 +258,43 @@ def test_backpressure_offer_take(benchmark: Any, impl: str) -> None:
             take(NOW)
 
     run(benchmark, "backpressure.offer+take (pair)", impl, loop)
+
+
+@pytest.mark.parametrize("impl", [*IMPLS, pytest.param("c take x100")])
+def test_backpressure_take_many(benchmark: Any, impl: str) -> None:
+    """One ``take_many`` of ``BULK`` items from a queue that just received ``BULK`` offers (both
+    lanes), which it empties. The offers are the untimed setup: only the takes are measured.
+    ``c take x100`` is the compiled twin's ``take`` called once per item, for comparison."""
+    mod = load("backpressure", "c" if impl.startswith("c") else impl)
+    queues = [mod.ShardQueue(BULK * 2) for _ in range(CALLS // BULK)]
+    items = [(n & 1, f"i{n}") for n in range(BULK)]
+
+    def setup() -> tuple[tuple[()], dict[str, Any]]:
+        for queue in queues:
+            offer = queue.offer
+            for lane, item in items:
+                offer(lane, item, NOW - 1000)
+        return (), {}
+
+    if impl == "c take x100":
+        takes = [queue.take for queue in queues]
+
+        def loop() -> None:
+            for take in takes:
+                for _ in range(BULK):
+                    take(NOW)
+
+    else:
+        take_manys = [queue.take_many for queue in queues]
+
+        def loop() -> None:
+            for take_many in take_manys:
+                take_many(NOW, BULK)
+
+    op = f"backpressure.take_many ({BULK} items, after {BULK} offers)"
+    benchmark.group = op
+    benchmark.pedantic(loop, setup=setup, rounds=2000, warmup_rounds=20)
+    record(benchmark, op, impl, len(queues), BULK)
 
 
 # --- shard --------------------------------------------------------------------------------------

@@ -28,10 +28,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from gateway.errors import LedgerTimeout, Overloaded
+from gateway.errors import LedgerTimeout, MalformedBody, Overloaded
 from gateway.settings import Settings
 from hotpath.backpressure import LANE_BET, LANE_SETTLE, ShardQueue
-from hotpath.batcher import Batch, Batcher
+from hotpath.batcher import Batch, Batcher, PayloadTooLarge
 from hotpath.shard import shard_for
 from ledger import transport
 from ledger.commands import Command, Kind, Result
@@ -164,16 +164,13 @@ class LedgerClient:
         while True:
             st.wake.clear()
             now = time.monotonic_ns()
-            while st.inflight < self.max_inflight:
-                item = st.queue.take(now)
-                if item is None:
-                    break
-                assert isinstance(item, _Pending)
-                if item.future.done() and item.cmd.kind in _SHEDDABLE:
-                    continue  # its caller gave up on this bet: the provider will roll it back, don't send
-                full = batcher.add(0, item.cmd.cmd_id, item.payload, now)
-                if full is not None:
-                    self._launch(shard, full)
+            free = (self.max_inflight - st.inflight) * self.settings.batch_max_commands - batcher.pending(0)
+            if free > 0:
+                # bulk hand-over (one C call each): never more than the free slots can carry, so what is
+                # left keeps standing in the queue, where its sojourn time drives shedding
+                taken = st.queue.take_many(now, free)
+                if taken:
+                    self._to_batcher(shard, batcher, taken, now)
             if st.inflight == 0:
                 for batch in batcher.flush_all():
                     self._launch(shard, batch)
@@ -186,6 +183,24 @@ class LedgerClient:
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(st.wake.wait(), max(0.0, (deadline - time.monotonic_ns()) / 1e9))
+
+    def _to_batcher(self, shard: int, batcher: Batcher, items: list[object], now: int) -> None:
+        live = [p for p in items if isinstance(p, _Pending)
+                and not (p.future.done() and p.cmd.kind in _SHEDDABLE)]  # a bet its caller gave up on stays unsent
+        while live:
+            try:
+                batches = batcher.add_many(0, [p.cmd.cmd_id for p in live], [p.payload for p in live], now)
+            except PayloadTooLarge as exc:  # one command too big for any message: refuse it, keep the rest
+                for batch in exc.batches:
+                    self._launch(shard, batch)
+                bad = live[exc.index]
+                if not bad.future.done():
+                    bad.future.set_exception(MalformedBody("command too large for a ledger message"))
+                live = live[exc.index + 1:]
+                continue
+            for batch in batches:
+                self._launch(shard, batch)
+            return
 
     def _launch(self, shard: int, batch: Batch) -> None:
         st = self._state[shard]

@@ -5,13 +5,19 @@ The rules (settlements never refused, bets shed on a full lane or a standing que
 documented in the twin. Each lane is a C ring of (enqueue time, owned reference): offer
 and take move one pointer and one integer, and the detector is a few integer compares.
 The garbage collector does not see into the rings, so items must not refer back to their
-queue.
+queue. ``take_many`` sizes its list once (it returns ``min(max_items, len)`` items,
+since ``take`` only answers ``None`` on empty lanes) and moves each ring's owned
+reference straight into it.
 """
 
 cimport cython
+from cpython.list cimport PyList_New
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, PyObject
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
+
+cdef extern from "Python.h":
+    void PyList_SET_ITEM_steal "PyList_SET_ITEM"(object, Py_ssize_t, PyObject*)
 
 __all__ = ("LANE_BET", "LANE_SETTLE", "QueueSet", "ShardQueue")
 
@@ -173,6 +179,37 @@ cdef class ShardQueue:
             self._shedding = False
         return item
 
+    cdef list _take_many(self, int64_t now_ns, Py_ssize_t max_items):
+        cdef Ring* settles = &self._lanes[_SETTLE]
+        cdef Ring* bets = &self._lanes[_BET]
+        cdef Py_ssize_t count, k
+        cdef int64_t stamp
+        cdef PyObject* raw
+        cdef list out
+        if max_items < 0:
+            raise ValueError("max_items must be >= 0")
+        while True:
+            count = settles.size + bets.size
+            out = PyList_New(count if count < max_items else max_items)
+            # the allocation can run the collector, and a finalizer could use this queue
+            if settles.size + bets.size == count:
+                break
+        if count > max_items:
+            count = max_items
+        if not max_items:
+            return out
+        for k in range(count):
+            if settles.size:
+                raw = _ring_pop(settles, &stamp)
+            else:
+                raw = _ring_pop(bets, &stamp)
+            PyList_SET_ITEM_steal(out, k, raw)
+            self._observe(now_ns - stamp, now_ns)
+        if not settles.size and not bets.size:
+            self._above = False
+            self._shedding = False
+        return out
+
     def offer(self, int lane, object item, int64_t now_ns):
         """Enqueue ``item``; ``False`` only for a refused bet (full lane, shedding)."""
         return self._offer(lane, item, now_ns)
@@ -180,6 +217,10 @@ cdef class ShardQueue:
     def take(self, int64_t now_ns):
         """Next item (settlements first), or ``None`` when both lanes are empty."""
         return self._take(now_ns)
+
+    def take_many(self, int64_t now_ns, Py_ssize_t max_items):
+        """Up to ``max_items`` items, as ``take`` would return them one by one."""
+        return self._take_many(now_ns, max_items)
 
     def record_sojourn(self, int64_t sojourn_ns, int64_t now_ns):
         """Feed one observed queueing delay to the shedding detector."""
@@ -244,6 +285,10 @@ cdef class QueueSet:
     def take(self, Py_ssize_t shard, int64_t now_ns):
         """:meth:`ShardQueue.take` on ``shard``."""
         return self._queue(shard)._take(now_ns)
+
+    def take_many(self, Py_ssize_t shard, int64_t now_ns, Py_ssize_t max_items):
+        """:meth:`ShardQueue.take_many` on ``shard``."""
+        return self._queue(shard)._take_many(now_ns, max_items)
 
     def __getitem__(self, Py_ssize_t shard):
         return self._queue(shard)

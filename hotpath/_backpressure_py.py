@@ -14,6 +14,11 @@ long enough to time out. Rules, identical in both twins:
   empty), ends the period and the shedding.
 * ``offer`` on the bet lane returns ``False`` (and counts ``dropped``) while shedding or when the
   lane is full.
+
+``take_many(now, max_items)`` is ``take`` called up to ``max_items`` times, stopping at the first
+``None``, in one call: the same items in the same order, each one's sojourn fed to the detector
+in turn, and the same end state (including leaving the shedding state when the lanes empty or
+were empty). ``max_items == 0`` changes nothing; a negative one is a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -87,6 +92,37 @@ class ShardQueue:
             self._above = self._shedding = False
         return item
 
+    def take_many(self, now_ns: int, max_items: int) -> list[object]:
+        """Up to ``max_items`` items, as ``take`` would return them one by one (module rules)."""
+        if max_items < 0:
+            raise ValueError("max_items must be >= 0")
+        out: list[object] = []
+        if not max_items:
+            return out
+        settles, bets = self._settles, self._bets
+        target, interval = self._target, self._interval
+        above, shedding, above_until, last = self._above, self._shedding, self._above_until, self._last
+        for _ in range(max_items):
+            if settles:
+                stamp, item = settles.popleft()
+            elif bets:
+                stamp, item = bets.popleft()
+            else:
+                break
+            last = now_ns - stamp
+            if last < target:
+                above = shedding = False
+            elif not above:
+                above = True
+                above_until = now_ns + interval
+            elif now_ns >= above_until:
+                shedding = True
+            out.append(item)
+        if not settles and not bets:
+            above = shedding = False
+        self._above, self._shedding, self._above_until, self._last = above, shedding, above_until, last
+        return out
+
     def record_sojourn(self, sojourn_ns: int, now_ns: int) -> None:
         """Feed one observed queueing delay to the shedding detector."""
         self._last = sojourn_ns
@@ -153,6 +189,10 @@ class QueueSet:
     def take(self, shard: int, now_ns: int) -> object | None:
         """:meth:`ShardQueue.take` on ``shard``."""
         return self._queue(shard).take(now_ns)
+
+    def take_many(self, shard: int, now_ns: int, max_items: int) -> list[object]:
+        """:meth:`ShardQueue.take_many` on ``shard``."""
+        return self._queue(shard).take_many(now_ns, max_items)
 
     def __getitem__(self, shard: int) -> ShardQueue:
         return self._queue(shard)

@@ -5,18 +5,43 @@ most ``max_count`` commands, and no command waits in a batch longer than ``max_d
 ``due`` is called on time. ``nbytes`` is exactly ``len(encode())``: ``2 + sum(len(payload)) +
 (count - 1)`` for the ``[`` ``]`` and the commas. Rules, identical in both twins:
 
-* ``add`` rejects (``ValueError``) a payload that could never fit (``len + 2 > max_bytes``).
+* ``add`` rejects (:class:`PayloadTooLarge`, a ``ValueError``) a payload that could never fit
+  (``len + 2 > max_bytes``), before changing anything.
 * A payload that would push the pending batch past ``max_bytes`` first closes that batch
   (returned) and starts the next one with it; so the byte bound closes a batch lazily, on the
   add that would overflow it, and at most one batch leaves per ``add``.
 * A batch that reaches ``max_count`` commands is returned by the ``add`` that filled it.
 * ``due(now)`` closes every shard whose oldest command is ``>= max_delay_ns`` old, in shard order;
   ``flush_all`` closes every non-empty shard, in shard order.
+
+``add_many(shard, cmd_ids, payloads, now)`` is ``add`` over the pairs in order, collecting the
+batches they close (several per call are possible), in one call: the ledger client moves a
+shard's whole queue at once. It keeps sequential semantics on a rejected payload: the pairs
+before it stay added, and the batches they closed, which the caller still owns and must send,
+ride on the :class:`PayloadTooLarge` (``batches``, with the rejected pair's ``index``); the
+pairs after it are not looked at. Unlike zero ``add`` calls, it checks ``shard`` and that both
+sequences have the same length (``ValueError``) even when they are empty, before changing
+anything.
 """
 
 from __future__ import annotations
 
-__all__ = ("Batch", "Batcher")
+from collections.abc import Sequence
+
+__all__ = ("Batch", "Batcher", "PayloadTooLarge")
+
+
+class PayloadTooLarge(ValueError):
+    """A payload longer than ``max_bytes - 2``: it could never be sent, alone or batched.
+
+    ``index`` is its position in the call's input (0 for ``add``); ``batches`` are the batches
+    closed by the pairs before it in the same ``add_many`` call, already out of the batcher.
+    """
+
+    def __init__(self, message: str, index: int, batches: list[Batch]) -> None:
+        super().__init__(message)
+        self.index = index
+        self.batches = batches
 
 
 class Batch:
@@ -78,7 +103,7 @@ class Batcher:
             raise ValueError("shard out of range")
         size = len(payload)
         if size + 2 > self._max_bytes:
-            raise ValueError(f"payload of {size} bytes exceeds max_bytes={self._max_bytes}")
+            raise PayloadTooLarge(f"payload of {size} bytes exceeds max_bytes={self._max_bytes}", 0, [])
         out = None
         pending = self._nbytes[shard]
         if pending and pending + 1 + size > self._max_bytes:
@@ -94,6 +119,46 @@ class Batcher:
         self._payloads[shard].append(payload)
         if len(shard_ids) >= self._max_count:
             out = self._close(shard)
+        return out
+
+    def add_many(self, shard: int, cmd_ids: Sequence[str], payloads: Sequence[bytes], now_ns: int) -> list[Batch]:
+        """``add`` each pair in order; return the batches closed on the way (module rules)."""
+        if not 0 <= shard < len(self._ids):
+            raise ValueError("shard out of range")
+        if len(cmd_ids) != len(payloads):
+            raise ValueError("cmd_ids and payloads differ in length")
+        out: list[Batch] = []
+        max_bytes = self._max_bytes
+        max_count = self._max_count
+        ids = self._ids[shard]
+        pays = self._payloads[shard]
+        pending = self._nbytes[shard]
+        try:
+            for index, payload in enumerate(payloads):
+                size = len(payload)
+                if size + 2 > max_bytes:
+                    raise PayloadTooLarge(f"payload of {size} bytes exceeds max_bytes={max_bytes}", index, out)
+                if pending and pending + 1 + size > max_bytes:
+                    self._nbytes[shard] = pending
+                    out.append(self._close(shard))
+                    ids = self._ids[shard]
+                    pays = self._payloads[shard]
+                    pending = 0
+                if pending:
+                    pending += 1 + size
+                else:
+                    pending = size + 2
+                    self._first[shard] = now_ns
+                ids.append(cmd_ids[index])
+                pays.append(payload)
+                if len(ids) >= max_count:
+                    self._nbytes[shard] = pending
+                    out.append(self._close(shard))
+                    ids = self._ids[shard]
+                    pays = self._payloads[shard]
+                    pending = 0
+        finally:
+            self._nbytes[shard] = pending
         return out
 
     def due(self, now_ns: int) -> list[Batch]:
