@@ -258,6 +258,12 @@ cdef class RateLimiter:
             self._slots[i].tat = tat
             self._touch(<int32_t>i)
             return
+        self._insert(i, ident, tat)
+
+    cdef inline void _insert(self, Py_ssize_t i, Ident* ident,
+                             int64_t tat) noexcept nogil:
+        """A new key at free slot ``~i`` (``i`` from ``_find``), evicting the
+        stalest key first when the table is full."""
         if self._count >= self._max_keys:
             self._remove(self._head)
             i = self._find(ident.h1, ident.h2)
@@ -300,15 +306,7 @@ cdef class RateLimiter:
             self._slots[i].tat = tat
             self._touch(<int32_t>i)
         else:
-            if self._count >= self._max_keys:
-                self._remove(self._head)
-                i = self._find(ident.h1, ident.h2)
-            i = ~i
-            self._slots[i].h1 = ident.h1
-            self._slots[i].h2 = ident.h2
-            self._slots[i].tat = tat
-            self._append(<int32_t>i)
-            self._count += 1
+            self._insert(i, &ident, tat)
         return 0
 
     def check_many(self, items, int64_t now_ns, int64_t cost=1):

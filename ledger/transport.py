@@ -51,7 +51,7 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         discard=DiscardPolicy.NEW,
-        duplicate_window=float(settings.stream_duplicate_window_s),
+        duplicate_window=settings.stream_duplicate_window_s,  # seconds
         max_msgs=settings.stream_max_msgs,
         max_msg_size=settings.batch_max_bytes + 64 * 1024,
         num_replicas=settings.stream_replicas,
@@ -61,7 +61,7 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
         subjects=[f"{prefix}events.>"],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
-        duplicate_window=float(settings.stream_duplicate_window_s),
+        duplicate_window=settings.stream_duplicate_window_s,  # seconds
         max_age=7 * 24 * 3600.0,
         num_replicas=settings.stream_replicas,
     )
@@ -77,7 +77,7 @@ def consumer_config(settings: Settings, shard: int) -> ConsumerConfig:
         durable_name=durable_name(settings, shard),
         filter_subject=cmd_subject(settings, shard),
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=float(settings.writer_ack_wait_s),
+        ack_wait=settings.writer_ack_wait_s,  # seconds
         max_ack_pending=10_000,
         max_waiting=16,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -37,6 +38,16 @@ def command(kind: Kind, player: str, tx: str, amount: int = 0, **kw: Any) -> Com
         traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", amount=amount)
     base.update(kw)
     return Command(**base)
+
+
+@contextlib.asynccontextmanager
+async def applier_on(s: Settings, shard: int) -> AsyncIterator[BatchApplier]:
+    """A batch applier on its own connection to one shard (the writer's core, without JetStream)."""
+    conn = await connect(s.shard_dsns()[shard], shard)
+    try:
+        yield BatchApplier(conn, shard, s)
+    finally:
+        await conn.close()
 
 
 @pytest.fixture
@@ -119,9 +130,8 @@ async def test_writer_killed_mid_stream_loses_and_doubles_nothing(own_db: Settin
 
 async def test_hash_chain_detects_a_tampered_row(own_db: Settings) -> None:
     dsn = own_db.shard_dsns()[0]
-    conn = await connect(dsn, 0)
-    try:
-        applier = BatchApplier(conn, 0, own_db)
+    async with applier_on(own_db, 0) as applier:
+        conn = applier.conn
         await applier.apply([command(Kind.DEPOSIT, "alice", "d1", 5000, provider_id="operator")])
         await applier.apply([command(Kind.BET, "alice", "b1", 700), command(Kind.BET, "alice", "b2", 300)])
         await applier.apply([command(Kind.WIN, "alice", "w1", 900, ref_tx_id="b1", round_id="r-b1")])
@@ -133,8 +143,6 @@ async def test_hash_chain_detects_a_tampered_row(own_db: Settings) -> None:
         report = (await reconcile({0: dsn}))[0]
         assert not report.ok
         assert any("batch 2" in p and "tampered" in p for p in report.problems), report.problems
-    finally:
-        await conn.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(own_db.replace(shards=1).env())
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "reconcile", env=env,
@@ -145,22 +153,17 @@ async def test_hash_chain_detects_a_tampered_row(own_db: Settings) -> None:
 
 async def test_reconcile_catches_a_balance_edit(own_db: Settings) -> None:
     dsn = own_db.shard_dsns()[1]
-    conn = await connect(dsn, 1)
-    try:
-        applier = BatchApplier(conn, 1, own_db)
+    async with applier_on(own_db, 1) as applier:
+        conn = applier.conn
         await applier.apply([command(Kind.DEPOSIT, "bob", "d1", 5000, provider_id="operator")])
         await conn.execute("UPDATE balances SET balance = balance + 100 WHERE is_player")
         report = (await reconcile({1: dsn}))[0]
         assert any("entries sum to" in p for p in report.problems), report.problems
-    finally:
-        await conn.close()
 
 
 async def test_entries_and_transactions_are_append_only(own_db: Settings) -> None:
-    dsn = own_db.shard_dsns()[0]
-    conn = await connect(dsn, 0)
-    try:
-        applier = BatchApplier(conn, 0, own_db)
+    async with applier_on(own_db, 0) as applier:
+        conn = applier.conn
         await applier.apply([command(Kind.DEPOSIT, "carol", "d1", 5000, provider_id="operator")])
         for sql in ("UPDATE entries SET amount = 1", "DELETE FROM entries", "TRUNCATE entries",
                     "UPDATE transactions SET amount = 1", "DELETE FROM batches"):
@@ -168,15 +171,11 @@ async def test_entries_and_transactions_are_append_only(own_db: Settings) -> Non
                 await conn.execute(sql)
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.execute("UPDATE balances SET balance = -1 WHERE is_player")
-    finally:
-        await conn.close()
 
 
 async def test_entries_balance_per_transaction_and_house_updated_once_per_batch(own_db: Settings) -> None:
-    dsn = own_db.shard_dsns()[0]
-    conn = await connect(dsn, 0)
-    try:
-        applier = BatchApplier(conn, 0, own_db)
+    async with applier_on(own_db, 0) as applier:
+        conn = applier.conn
         await applier.apply([command(Kind.DEPOSIT, f"h{i}", f"d{i}", 1000, provider_id="operator")
                              for i in range(10)])
         out = await applier.apply([command(Kind.BET, f"h{i}", f"b{i}", 100) for i in range(10)])
@@ -187,8 +186,6 @@ async def test_entries_balance_per_transaction_and_house_updated_once_per_batch(
         assert house == 1000
         assert await conn.fetchval(
             "SELECT count(*) FROM (SELECT ledger_tx FROM entries GROUP BY ledger_tx HAVING sum(amount) <> 0) x") == 0
-    finally:
-        await conn.close()
 
 
 async def test_money_movements_are_streamed_as_events(api: Api, gateway: Any) -> None:

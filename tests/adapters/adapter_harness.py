@@ -16,13 +16,16 @@ import ipaddress
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from adapters.base import Adapter, PlayerSession, ProviderConfig
 from adapters.flow import Call
@@ -327,3 +330,22 @@ async def mount(adapter: Adapter) -> TestClient[web.Request, web.Application]:
     client = TestClient(TestServer(app))
     await client.start_server()
     return client
+
+
+#: random rounds: (stake, payout — None for a bet rolled back instead —, retry the bet, retry the settlement)
+round_plans = st.lists(
+    st.tuples(st.integers(1, 30_00), st.one_of(st.none(), st.integers(0, 60_00)), st.booleans(), st.booleans()),
+    min_size=1, max_size=8,
+)
+
+
+def round_property(examples: int, backend: str) -> Callable[[Any], Any]:
+    """A property test over a random starting balance and ``round_plans``, against one wallet backend."""
+
+    def decorate(fn: Any) -> Any:
+        fn = given(start=st.integers(0, 50_00), plan=round_plans)(fn)
+        fn = settings(max_examples=examples, deadline=None,
+                      suppress_health_check=[HealthCheck.function_scoped_fixture])(fn)
+        return pytest.mark.parametrize("wallet", [backend], indirect=True)(fn)
+
+    return decorate

@@ -7,10 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
-from adapter_harness import FakeWallet, Provider, networks
+from adapter_harness import FakeWallet, Provider, networks, round_property
 from docs_examples import evolution_round, matches
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from real_backend import Backend, RealBackend
 
 from adapters.base import PlayerSession, ProviderConfig
@@ -376,21 +374,8 @@ def test_config_needs_a_token() -> None:
 
 
 # --- property: any valid sequence of rounds leaves exactly the expected balance ------------------
-round_plans = st.lists(
-    st.tuples(
-        st.integers(1, 30_00),                          # debit
-        st.one_of(st.none(), st.integers(0, 60_00)),    # credit (None: cancelled instead)
-        st.booleans(),                                  # retry the debit
-        st.booleans(),                                  # retry the settlement
-    ),
-    min_size=1, max_size=8,
-)
-
-
 def _random_rounds_test(examples: int, backend: str) -> Any:
-    @pytest.mark.parametrize("wallet", [backend], indirect=True)
-    @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(start=st.integers(0, 50_00), plan=round_plans)
+    @round_property(examples, backend)
     async def test(evolution: Provider, wallet: Backend, start: int,
                    plan: list[tuple[int, int | None, bool, bool]]) -> None:
         s = await wallet.add_player(evolution.config.id, balance=start)
