@@ -16,7 +16,7 @@ import ipaddress
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 
 from adapters.base import Adapter, PlayerSession, ProviderConfig
 from adapters.flow import Call
-from gateway.errors import GatewayError, InvalidToken, TokenExpired, UnknownPlayer
+from gateway.errors import GatewayError, InvalidToken, TokenExpired
+from gateway.sessions import pick_profile
 from ledger.commands import Command, Kind, Result, Status
 
 BRAND = "brand-a"
@@ -64,7 +65,7 @@ class FakeWallet:
         self.sessions: dict[tuple[str, str], PlayerSession] = {}
         self.expired: set[tuple[str, str]] = set()
         self.launch: dict[tuple[str, str], PlayerSession] = {}
-        self.profiles: dict[tuple[str, str], PlayerSession] = {}
+        self.profiles: dict[tuple[str, str], dict[str, PlayerSession]] = {}  # (provider, player): by brand
         self.balances: dict[tuple[str, str, str], int] = {}
         self.records: dict[tuple[str, str, str], tuple[str, Result]] = {}
         self.bets: dict[tuple[str, str, str], _Bet] = {}
@@ -87,7 +88,7 @@ class FakeWallet:
             country="MT", game_id="", started_ms=1_700_000_000_000, expires_ms=1_700_000_900_000,
         )
         self.sessions[(provider_id, session.token)] = session
-        self.profiles[(provider_id, session.player_id)] = session
+        self.profiles.setdefault((provider_id, session.player_id), {})[brand] = session
         self.balances[(brand, session.player_id, currency)] = balance
         return session
 
@@ -141,11 +142,8 @@ class FakeWallet:
         self.sessions[(fresh.provider_id, fresh.token)] = fresh
         return fresh
 
-    async def profile(self, provider_id: str, player_id: str) -> PlayerSession:
-        try:
-            return self.profiles[(provider_id, player_id)]
-        except KeyError:
-            raise UnknownPlayer() from None
+    async def profile(self, provider_id: str, player_id: str, brands: Sequence[str] = ()) -> PlayerSession:
+        return pick_profile(self.profiles.get((provider_id, player_id), {}), brands)
 
     async def balance(self, session: PlayerSession) -> int:
         return self.balances.get((session.brand_id, session.player_id, session.currency), 0)
