@@ -224,10 +224,12 @@ async def test_money_limits_are_per_currency(api: Api) -> None:
         assert status == 200, body
         return body
 
-    status, body = await put({**eur, "limits": {"max_stake": "5.00", "loss_day": "20.00"}})
-    assert status == 200 and body["currency"] == "EUR" and body["limits"]["max_stake"]["value"] == "5.00"
+    status, limits = await put({**eur, "limits": {"max_stake": "5.00", "loss_day": "20.00"}})
+    assert status == 200, limits
     status, body = await api.bet(jpy_token, tx(), "rj-1", "1000", currency="JPY")
     assert status == 200, body  # ¥1000: no JPY limit is set
+    assert limits["currency"] == "EUR" and limits["limits"] == {"loss_day": {"value": "20.00"},
+                                                                 "max_stake": {"value": "5.00"}}
     assert (await api.bet(eur_token, tx(), "re-1", "5.01"))[1]["code"] == "stake_limit"
     status, body = await put({**jpy, "limits": {"max_stake": "2000"}})
     assert status == 200 and body["limits"] == {"max_stake": {"value": "2000"}}
