@@ -10,7 +10,7 @@ protocol's code (looked up along the class's MRO); a test proves no class is lef
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -72,8 +72,10 @@ class WalletPort(Protocol):
     async def rotate_session(self, session: PlayerSession) -> PlayerSession:
         """Give the session a new token; the old one is refused from then on."""
 
-    async def profile(self, provider_id: str, player_id: str) -> PlayerSession:
-        """The player's last known keys (tenant, brand, license, currency), for calls without a token."""
+    async def profile(self, provider_id: str, player_id: str, brands: Sequence[str] = ()) -> PlayerSession:
+        """The player's keys (tenant, brand, license, currency) for calls without a token: under the one
+        brand of ``brands`` (those the provider serves) or the only brand the player is known under;
+        ``AmbiguousPlayer`` (an ``UnknownPlayer``) when several could be meant."""
 
     async def balance(self, session: PlayerSession) -> int:
         """Current balance in minor units (0 for a wallet never funded)."""

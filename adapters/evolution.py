@@ -101,6 +101,7 @@ class EvolutionAdapter(Adapter):
         e.InvalidToken: "INVALID_SID",
         e.TokenExpired: "INVALID_SID",
         e.UnknownPlayer: "INVALID_SID",
+        e.AmbiguousPlayer: "INVALID_SID",  # the sid would have named the brand
         # retryable
         e.Retryable: "TEMPORARY_ERROR",
         e.RateLimited: "TEMPORARY_ERROR",

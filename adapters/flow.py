@@ -2,8 +2,10 @@
 
 Kept in one place because they carry the money rules the protocols share: only a bet needs a live
 session; a settlement (win, rollback, refund, cancel) is owed to the player and is never refused because
-a session expired or was evicted, so it falls back to the player's profile; a token that names another
-player is refused rather than silently re-targeted; a provider may only act for its configured brands.
+a session expired or was evicted, so it falls back to the player's profile (under the brand the call
+can only mean: the provider's one brand or the player's one brand there, never a guess among several);
+a token that names another player is refused rather than silently re-targeted; a provider may only act
+for its configured brands.
 The ledger's ``Result`` becomes an error through ``gateway.errors.error_for`` and a protocol code through
 the adapter's one ``ERRORS`` table (plus a per-call override where a protocol answers the same ledger
 outcome differently for different calls).
@@ -59,7 +61,7 @@ async def settlement_session(adapter: Adapter, token: str | None, player_id: str
             if session.player_id != player_id:
                 raise InvalidToken("token belongs to another player")
     if session is None:
-        session = await adapter.wallet.profile(adapter.config.id, player_id)
+        session = await adapter.wallet.profile(adapter.config.id, player_id, adapter.config.brands)
     return check_brand(adapter, session)
 
 

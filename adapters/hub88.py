@@ -155,6 +155,7 @@ class Hub88Adapter(Adapter):
         e.TokenExpired: "RS_ERROR_TOKEN_EXPIRED",
         # Hub88 has no "unknown user": the user a token or call names does not exist for us
         e.UnknownPlayer: "RS_ERROR_INVALID_TOKEN",
+        e.AmbiguousPlayer: "RS_ERROR_INVALID_TOKEN",  # the token would have named the brand
         e.UnknownGame: "RS_ERROR_INVALID_GAME",
         # retryable: a bet answered so is rolled back by Hub88; settlements are retried
         e.Retryable: "RS_ERROR_UNKNOWN",

@@ -160,6 +160,7 @@ class PragmaticAdapter(Adapter):
         e.InvalidToken: 4,
         e.TokenExpired: 4,
         e.UnknownPlayer: 2,
+        e.AmbiguousPlayer: 2,  # several brands know the user: without a token, none is picked
         e.UnknownGame: 8,
         # retryable: a bet answered 100 is refunded by Pragmatic, settlements are retried
         e.Retryable: 100,

@@ -96,6 +96,13 @@ class UnknownPlayer(BadInput):
     message = "unknown player"
 
 
+class AmbiguousPlayer(UnknownPlayer):
+    """A call without a session token names a player known under several brands: never guessed."""
+
+    code = "ambiguous_player"
+    message = "player known under several brands at this provider: send the session token"
+
+
 class UnknownGame(BadInput):
     code = "unknown_game"
     http_status = 404

@@ -4,7 +4,8 @@ Every call needs an API key (``Authorization: Bearer <key>``) with a role: ``ope
 and wallet calls, ``admin`` additionally for degradation control. Cash enters and leaves wallets only
 as ledger commands carrying the caller's idempotency key: there is no call that edits a balance.
 Limit decreases apply at once; increases and removals wait for the cooling-off period (decided in
-the ledger, so a racing bet never sees a half-applied change).
+the ledger, so a racing bet never sees a half-applied change). Money limits are per currency (the call
+names it); session minutes and self-exclusion hold for every currency and need none.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from gateway.providers import adapter_class
 from gateway.settings import SETTINGS_KEY
 from gateway.state import STATE_KEY
 from ledger.commands import Kind, Result
+from ledger.rules import MONEY_LIMITS
 
-MONEY_LIMITS = ("loss_day", "loss_week", "loss_month", "max_stake")
 OPERATOR_PROVIDER = "operator"
+#: ISO 4217's code for "no currency": what a limits call without money limits carries as its currency
+NO_CURRENCY = "XXX"
 
 
 def _role(request: web.Request) -> str:
@@ -53,9 +56,11 @@ def guarded(role: str) -> Callable[[Handler], Handler]:
     return deco
 
 
-def _player(body: dict[str, Any], provider_id: str = OPERATOR_PROVIDER) -> PlayerSession:
-    currency = field(body, "currency", max_len=3)
-    exponent(currency)
+def _player(body: dict[str, Any], provider_id: str = OPERATOR_PROVIDER, *,
+            currency_required: bool = True) -> PlayerSession:
+    currency = field(body, "currency", max_len=3, required=currency_required) or NO_CURRENCY
+    if currency != NO_CURRENCY or currency_required:
+        exponent(currency)
     return PlayerSession(
         token="", provider_id=provider_id, tenant_id=field(body, "tenant_id"), brand_id=field(body, "brand_id"),
         license=field(body, "license"), player_id=field(body, "player_id"), currency=currency,
@@ -132,14 +137,15 @@ async def balance(request: web.Request) -> web.StreamResponse:
 
 async def _rg(request: web.Request, limits: dict[str, int | None], body: dict[str, Any]) -> web.StreamResponse:
     state = request.app[STATE_KEY]
-    player = _player(body)
+    player = _player(body, currency_required=False)
     key = field(body, "idempotency_key")
     cmd = state.wallet.command(player, Kind.RG_SET, tx_id=key, round_id=f"rg:{key}", limits=limits,
                                traceparent=request.headers.get("traceparent"))
     result = await state.wallet.execute(cmd, guard=False)
     _raise_unless_applied(result)
-    current = await state.limits(player.brand_id, player.player_id, player.currency)
-    return json_response({"status": "OK", "duplicate": result.duplicate, "limits": current})
+    currency = None if player.currency == NO_CURRENCY else player.currency
+    current = await state.limits(player.brand_id, player.player_id, currency)
+    return json_response({"status": "OK", "duplicate": result.duplicate, "currency": currency, "limits": current})
 
 
 @guarded("operator")
@@ -148,7 +154,8 @@ async def set_limits(request: web.Request) -> web.StreamResponse:
     raw = body.get("limits")
     if not isinstance(raw, dict) or not raw:
         raise E.MalformedBody("limits must be an object, e.g. {\"loss_day\": \"100.00\"}")
-    currency = field(body, "currency", max_len=3)
+    # a money limit is in one currency's minor units, and holds for that currency only
+    currency = field(body, "currency", max_len=3, required=any(name in MONEY_LIMITS for name in raw))
     limits: dict[str, int | None] = {}
     for name, value in raw.items():
         if name in MONEY_LIMITS:
@@ -177,10 +184,13 @@ async def self_exclude(request: web.Request) -> web.StreamResponse:
 @guarded("operator")
 async def get_limits(request: web.Request) -> web.StreamResponse:
     q = request.query
-    brand, player, currency = q.get("brand_id", ""), q.get("player_id", ""), q.get("currency", "")
-    if not (brand and player and currency):
-        raise E.MalformedBody("brand_id, player_id and currency are required")
-    return json_response({"limits": await request.app[STATE_KEY].limits(brand, player, currency)})
+    brand, player, currency = q.get("brand_id", ""), q.get("player_id", ""), q.get("currency") or None
+    if not (brand and player):
+        raise E.MalformedBody("brand_id and player_id are required")
+    if currency is not None:
+        exponent(currency)
+    return json_response({"currency": currency,
+                          "limits": await request.app[STATE_KEY].limits(brand, player, currency)})
 
 
 @guarded("admin")
@@ -214,12 +224,24 @@ def routes() -> list[web.RouteDef]:
     ]
 
 
-def format_limits(rows: list[Any], currency: str, now_ms: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def format_limits(rows: list[Any], currency: str | None, now_ms: int) -> dict[str, Any]:
+    """The limits that hold for ``currency``: its own money limits (else one set before limits had a
+    currency, which still applies to it) and the currency-independent ones; ``None``: only the latter."""
+    chosen: dict[str, Any] = {}
     for r in rows:
+        money = r["key"] in MONEY_LIMITS
+        if money and (currency is None or r["currency"] not in (currency, "")):
+            continue
+        if not money and r["currency"] != "":
+            continue
+        if r["key"] not in chosen or r["currency"]:  # a currency's own row over the legacy one
+            chosen[r["key"]] = r
+    out: dict[str, Any] = {}
+    for key in sorted(chosen):
+        r = chosen[key]
         value, pending = r["value"], r["pending_value"]
         effective = pending if r["pending_set"] and now_ms >= (r["pending_from_ms"] or 0) else value
-        fmt = (lambda v: None if v is None else format_minor(v, currency)) if r["key"] in MONEY_LIMITS else (
+        fmt = (lambda v: None if v is None else format_minor(v, currency or "")) if r["key"] in MONEY_LIMITS else (
             lambda v: v)
         entry: dict[str, Any] = {"value": fmt(effective)}
         if r["pending_set"] and now_ms < (r["pending_from_ms"] or 0):

@@ -4,7 +4,8 @@ A launch token is one-time (GETDEL) and short-lived. The provider session it bec
 own expiry but outlives it in Redis for ``SETTLEMENT_GRACE_S``, so an expired token can still be told
 apart from an unknown one: bets on it are refused as expired, while wins and rollbacks — owed to the
 player, possibly long after the session — are accepted. The player's keys are also kept as a
-profile so protocols that settle by player id (no token) can build complete commands.
+profile per (provider, player) and brand, so protocols that settle by player id (no token) can build
+complete commands; ``pick_profile`` says which brand such a call belongs to, and refuses to guess.
 """
 
 from __future__ import annotations
@@ -12,17 +13,43 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 import orjson
 import redis.asyncio as redis
 
 from adapters.base import PlayerSession
 from gateway.cache import SingleFlightCache
-from gateway.errors import InvalidToken, TokenExpired, UnknownPlayer
+from gateway.errors import AmbiguousPlayer, InvalidToken, TokenExpired, UnknownPlayer
 from gateway.settings import Settings
 
 SETTLEMENT_GRACE_S = 7 * 24 * 3600
 PROFILE_TTL_S = 400 * 24 * 3600
+
+
+T = TypeVar("T")
+
+
+def pick_profile(profiles: Mapping[str, T], served: Sequence[str]) -> T:
+    """The profile a token-less call means, from the player's profiles by brand at the provider.
+
+    A provider configured for exactly one brand means that brand; otherwise the player must be known
+    under exactly one brand the provider serves (any brand when it is not restricted). Several brands
+    are refused, never one of them picked: money must not land in another brand's wallet.
+    """
+    if len(served) == 1:
+        found = profiles.get(served[0])
+        if found is None:
+            raise UnknownPlayer()
+        return found
+    candidates = [p for brand, p in profiles.items() if not served or brand in served]
+    if not candidates:
+        raise UnknownPlayer()
+    if len(candidates) > 1:
+        raise AmbiguousPlayer(f"player is known under {len(candidates)} brands at this provider; "
+                              "a call without a session token cannot say which")
+    return candidates[0]
 
 
 def _now_ms() -> int:
@@ -56,7 +83,9 @@ class SessionStore:
                                      expires_ms=_now_ms() + ttl * 1000)
         pipe = self.r.pipeline(transaction=False)
         pipe.set(self._k("launch", provider_id, token), _dump(launch), ex=ttl)
-        pipe.set(self._k("player", provider_id, template.player_id), _dump(launch), ex=PROFILE_TTL_S)
+        profiles = self._k("profiles", provider_id, template.player_id)
+        pipe.hset(profiles, template.brand_id, _dump(launch))
+        pipe.expire(profiles, PROFILE_TTL_S)
         await pipe.execute()
         return token, ttl
 
@@ -97,11 +126,24 @@ class SessionStore:
         self.cache.drop((sess.provider_id, sess.token))
         return new
 
-    async def profile(self, provider_id: str, player_id: str) -> PlayerSession:
+    async def profile(self, provider_id: str, player_id: str, brands: Sequence[str] = ()) -> PlayerSession:
+        """The player's keys for a call without a token; ``brands``: those the provider serves."""
+        key = self._k("profiles", provider_id, player_id)
+        found: dict[str, bytes | str]
+        if len(brands) == 1:
+            raw = await self.r.hget(key, brands[0])
+            found = {brands[0]: raw} if raw is not None else await self._legacy(provider_id, player_id)
+        else:
+            found = {(b.decode() if isinstance(b, bytes) else b): v for b, v in (await self.r.hgetall(key)).items()}
+        return _load(pick_profile(found, brands))
+
+    async def _legacy(self, provider_id: str, player_id: str) -> dict[str, bytes | str]:
+        """A profile stored before profiles had a brand (one per player, the last launch's): only ever
+        used by a provider that serves exactly that one brand, where it cannot be another's."""
         raw = await self.r.get(self._k("player", provider_id, player_id))
         if raw is None:
-            raise UnknownPlayer()
-        return _load(raw)
+            return {}
+        return {_load(raw).brand_id: raw}
 
     async def ping(self) -> bool:
         return bool(await self.r.ping())

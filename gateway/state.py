@@ -32,12 +32,14 @@ class GatewayState:
     started_ms: int = 0
     counters: dict[str, int] = field(default_factory=dict)
 
-    async def limits(self, brand_id: str, player_id: str, currency: str) -> dict[str, Any]:
+    async def limits(self, brand_id: str, player_id: str, currency: str | None) -> dict[str, Any]:
+        """The player's limits for ``currency`` (money ones are per currency), or only those that hold
+        for every currency."""
         from gateway.operator_api import format_limits
 
         pool = self.pools[self.ledger.shard_of(player_id)]
-        rows = await pool.fetch("SELECT * FROM rg_limits WHERE brand_id = $1 AND player_id = $2 ORDER BY key",
-                                brand_id, player_id)
+        rows = await pool.fetch("SELECT * FROM rg_limits WHERE brand_id = $1 AND player_id = $2 "
+                                "AND currency = ANY($3::text[])", brand_id, player_id, [currency or "", ""])
         return format_limits(list(rows), currency, self.wallet.now_ms())
 
 

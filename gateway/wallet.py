@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -64,8 +65,8 @@ class Wallet:
     async def rotate_session(self, session: PlayerSession) -> PlayerSession:
         return await self.sessions.rotate(session)
 
-    async def profile(self, provider_id: str, player_id: str) -> PlayerSession:
-        return await self.sessions.profile(provider_id, player_id)
+    async def profile(self, provider_id: str, player_id: str, brands: Sequence[str] = ()) -> PlayerSession:
+        return await self.sessions.profile(provider_id, player_id, brands)
 
     # ------------------------------------------------------------------ money
     async def balance(self, session: PlayerSession) -> int:

@@ -2,7 +2,8 @@
 
 Checked per shard: every transaction's entries sum to zero; every balance equals the sum of its
 account's entries; no player balance is negative; only applied transactions carry entries; no provider
-transaction id was applied twice; and the batch hash chain recomputes from the stored rows. Any
+transaction id was applied twice; no wallet holds more than an int64 (house and cash accounts are
+unbounded numerics, summed exactly); and the batch hash chain recomputes from the stored rows. Any
 failure is reported and makes ``gateway reconcile`` exit non-zero.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from ledger import chain
+from ledger.commands import INT64_MAX
 from ledger.sharding import connect
 
 _APPLIED = ("ok",)
@@ -59,6 +61,10 @@ async def _check(conn: asyncpg.Connection, shard: int) -> ShardReport:
         p.append(f"account {r['account_id']}: balance {r['balance']} but entries sum to {r['s']}")
     for r in await conn.fetch("SELECT account_id, balance FROM balances WHERE is_player AND balance < 0 LIMIT 20"):
         p.append(f"account {r['account_id']}: negative player balance {r['balance']}")
+    # house and cash balances are unbounded; a wallet is int64 (what every protocol can be answered with)
+    for r in await conn.fetch("SELECT account_id, balance FROM balances WHERE is_player AND balance > $1 LIMIT 20",
+                              INT64_MAX):
+        p.append(f"account {r['account_id']}: player balance {r['balance']} exceeds int64")
     for r in await conn.fetch(
         """SELECT DISTINCT t.ledger_tx, t.status FROM entries e JOIN transactions t USING (ledger_tx)
             WHERE t.status <> ALL($1::text[]) LIMIT 20""", list(_APPLIED)):

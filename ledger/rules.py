@@ -6,6 +6,12 @@ against that in-memory state, so commands inside one batch see each other (a bet
 share a batch). The engine only records mutations; the writer persists them set-based in the same
 PostgreSQL transaction. Nothing here does I/O, so every rule is unit-testable and the database's
 own constraints (unique tx key, balance ≥ 0, append-only entries) remain the last line of defence.
+
+A round's state is per player (live tables share one round id among everyone seated). House and cash
+balances are never read, only moved: they are unbounded in the database, while a player's wallet is
+an int64, so a credit that would pass that is refused here rather than failing the whole batch there.
+Money limits are per currency; session and self-exclusion limits are not (currency ``""``, which also
+holds money limits set before limits had a currency: they apply to a currency without its own).
 """
 
 from __future__ import annotations
@@ -16,11 +22,16 @@ from typing import Any
 
 import orjson
 
-from ledger.commands import Command, Kind, Result, Status
+from ledger.commands import INT64_MAX, Command, Kind, Result, Status
 
 TxKey = tuple[str, str, str]          # brand, provider, tx id
 AccountKey = tuple[str, str, str, str]  # kind, brand, player ('' for house/cash), currency
 UsageKey = tuple[str, str, str, dt.date]
+RoundKey = tuple[str, str, str, str]  # brand, provider, round id, player
+LimitKey = tuple[str, str]            # currency ('' for currency-independent limits), limit name
+
+#: limits in minor units of one currency; the others (session minutes, self-exclusion) hold for all
+MONEY_LIMITS = frozenset({"loss_day", "loss_week", "loss_month", "max_stake"})
 
 EVENT_SCHEMA_VERSION = 1
 
@@ -85,9 +96,9 @@ class BatchState:
     accounts: dict[AccountKey, Account] = field(default_factory=dict)
     txs: dict[TxKey, PriorTx] = field(default_factory=dict)
     bets: dict[TxKey, Bet | None] = field(default_factory=dict)
-    rounds: dict[TxKey, Round | None] = field(default_factory=dict)
+    rounds: dict[RoundKey, Round | None] = field(default_factory=dict)
     tombstones: set[TxKey] = field(default_factory=set)
-    limits: dict[tuple[str, str], dict[str, Limit]] = field(default_factory=dict)
+    limits: dict[tuple[str, str], dict[LimitKey, Limit]] = field(default_factory=dict)
     usage: dict[UsageKey, list[int]] = field(default_factory=dict)
 
 
@@ -99,12 +110,14 @@ class Mutations:
     entries: list[tuple[int, int, int]] = field(default_factory=list)  # ledger_tx, account_id, amount
     balance_deltas: dict[int, int] = field(default_factory=dict)
     bets: dict[TxKey, Bet] = field(default_factory=dict)
-    rounds: dict[TxKey, Round] = field(default_factory=dict)
+    rounds: dict[RoundKey, Round] = field(default_factory=dict)
     tombstones: list[tuple[str, str, str, int]] = field(default_factory=list)
-    limits: dict[tuple[str, str, str], Limit] = field(default_factory=dict)
+    limits: dict[tuple[str, str, str, str], Limit] = field(default_factory=dict)  # brand, player, currency, name
     usage_deltas: dict[UsageKey, list[int]] = field(default_factory=dict)
     events: list[tuple[str, str, bytes]] = field(default_factory=list)  # event id, subject, payload
 
+
+_TOO_RICH = "the wallet's balance would pass the ledger's maximum (int64 minor units)"
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
@@ -161,20 +174,21 @@ class Engine:
         handler = self._handlers[cmd.kind]
         ledger_tx = next(self._tx_ids)
         status = handler(cmd, ledger_tx)
+        detail = _TOO_RICH if status is Status.BAD_COMMAND else ""
         self.s.txs[key] = PriorTx(ledger_tx, status, request_hash, cmd.player_id, cmd.currency, cmd.cmd_id)
         self.m.txs.append((
             ledger_tx, cmd.brand_id, cmd.provider_id, cmd.tx_id, cmd.kind.value, status.value, request_hash,
             cmd.tenant_id, cmd.license, cmd.player_id, cmd.currency, cmd.round_id, cmd.ref_tx_id, cmd.amount,
             cmd.credit_type, self.batch_seq, cmd.traceparent, cmd.cmd_id,
         ))
-        return self._result(cmd, status, ledger_tx)
+        return self._result(cmd, status, ledger_tx, detail=detail)
 
     # ------------------------------------------------------------------ commands
     def _bet(self, cmd: Command, ltx: int) -> Status:
         key = (cmd.brand_id, cmd.provider_id, cmd.tx_id)
         if key in self.s.tombstones:
             return Status.TX_ROLLED_BACK
-        rkey = (cmd.brand_id, cmd.provider_id, cmd.round_id)
+        rkey = (cmd.brand_id, cmd.provider_id, cmd.round_id, cmd.player_id)
         rnd = self.s.rounds.get(rkey)
         if rnd is not None and rnd.closed:
             return Status.ROUND_CLOSED
@@ -195,7 +209,7 @@ class Engine:
         rnd.bet_count += 1
         rnd.open_bets += 1
         rnd.live_bets += 1
-        rnd.bet_total += stake
+        rnd.bet_total = min(rnd.bet_total + stake, INT64_MAX)  # informational: saturates, never refuses
         if cmd.round_closed:
             rnd.closed = True
         self.m.rounds[rkey] = rnd
@@ -208,7 +222,7 @@ class Engine:
         return Status.OK
 
     def _win(self, cmd: Command, ltx: int) -> Status:
-        rkey = (cmd.brand_id, cmd.provider_id, cmd.round_id)
+        rkey = (cmd.brand_id, cmd.provider_id, cmd.round_id, cmd.player_id)
         rnd = self.s.rounds.get(rkey)
         bet: Bet | None = None
         if cmd.ref_tx_id is not None:
@@ -224,7 +238,7 @@ class Engine:
             elif bet.state == "settled" and cmd.single_settlement:
                 return Status.BET_ALREADY_SETTLED
             if bet is not None:
-                rkey = (cmd.brand_id, cmd.provider_id, bet.round_id)
+                rkey = (cmd.brand_id, cmd.provider_id, bet.round_id, bet.player_id)
                 rnd = self.s.rounds.get(rkey)
         elif not cmd.free_round and cmd.credit_type == "win":
             # a plain win settles a round's bets; bonus, jackpot, promo and adjustment credits need none
@@ -232,11 +246,11 @@ class Engine:
                 return Status.ROUND_NOT_FOUND
             if rnd.live_bets == 0:
                 return Status.TX_ROLLED_BACK
-        if (bet is not None and bet.player_id != cmd.player_id) or (
-            rnd is not None and rnd.player_id != cmd.player_id
-        ):
+        if bet is not None and bet.player_id != cmd.player_id:
             return Status.BET_NOT_FOUND
         wallet = self._account("player", cmd.brand_id, cmd.player_id, cmd.currency, cmd.tenant_id)
+        if wallet.balance + cmd.amount > INT64_MAX:
+            return Status.BAD_COMMAND
         if cmd.amount:
             house = self._account("house", cmd.brand_id, "", cmd.currency, cmd.tenant_id)
             self._move(ltx, house, wallet, cmd.amount)
@@ -244,7 +258,7 @@ class Engine:
         if rnd is None:
             rnd = Round(cmd.player_id, cmd.currency)
             self.s.rounds[rkey] = rnd
-        rnd.win_total += cmd.amount
+        rnd.win_total = min(rnd.win_total + cmd.amount, INT64_MAX)
         if bet is not None and bet.state == "open":
             bet.state = "settled"
             rnd.open_bets = max(0, rnd.open_bets - 1)
@@ -274,18 +288,20 @@ class Engine:
         if bet.state == "settled":
             return Status.BET_ALREADY_SETTLED
         wallet = self._account("player", cmd.brand_id, bet.player_id, bet.currency, cmd.tenant_id)
+        if wallet.balance + bet.amount > INT64_MAX:
+            return Status.BAD_COMMAND
         if bet.amount:
             house = self._account("house", cmd.brand_id, "", bet.currency, cmd.tenant_id)
             self._move(ltx, house, wallet, bet.amount)
             self._usage(cmd, staked=-bet.amount)
         bet.state = "rolled_back"
         self.m.bets[bkey] = bet
-        rkey = (cmd.brand_id, cmd.provider_id, bet.round_id)
+        rkey = (cmd.brand_id, cmd.provider_id, bet.round_id, bet.player_id)
         rnd = self.s.rounds.get(rkey)
         if rnd is not None:
             rnd.open_bets = max(0, rnd.open_bets - 1)
             rnd.live_bets = max(0, rnd.live_bets - 1)
-            rnd.bet_total -= bet.amount
+            rnd.bet_total = max(0, rnd.bet_total - bet.amount)
             if cmd.round_closed:
                 rnd.closed = True
             self.m.rounds[rkey] = rnd
@@ -295,19 +311,19 @@ class Engine:
         return Status.OK
 
     def _end_round(self, cmd: Command, ltx: int) -> Status:
-        rkey = (cmd.brand_id, cmd.provider_id, cmd.round_id)
+        rkey = (cmd.brand_id, cmd.provider_id, cmd.round_id, cmd.player_id)
         rnd = self.s.rounds.get(rkey)
         if rnd is None:
             rnd = Round(cmd.player_id, cmd.currency)
             self.s.rounds[rkey] = rnd
-        elif rnd.player_id != cmd.player_id:
-            return Status.ROUND_NOT_FOUND
         rnd.closed = True
         self.m.rounds[rkey] = rnd
         return Status.OK
 
     def _deposit(self, cmd: Command, ltx: int) -> Status:
         wallet = self._account("player", cmd.brand_id, cmd.player_id, cmd.currency, cmd.tenant_id)
+        if wallet.balance + cmd.amount > INT64_MAX:
+            return Status.BAD_COMMAND
         cash = self._account("cash", cmd.brand_id, "", cmd.currency, cmd.tenant_id)
         self._move(ltx, cash, wallet, cmd.amount)
         self._event(cmd, ltx, "wallet.credited", cmd.amount, wallet.balance)
@@ -326,7 +342,8 @@ class Engine:
         """Stricter limits apply at once; looser ones (or removal) only after the cooling-off period."""
         limits = self.s.limits.setdefault((cmd.brand_id, cmd.player_id), {})
         for name, new in cmd.limits.items():
-            lim = limits.get(name) or Limit(None)
+            currency = cmd.currency if name in MONEY_LIMITS else ""
+            lim = limits.get((currency, name)) or (limits.get(("", name)) if currency else None) or Limit(None)
             cur = lim.effective(self.now_ms)
             if lim.pending_set and lim.pending_from_ms is not None and self.now_ms >= lim.pending_from_ms:
                 lim = Limit(cur)
@@ -340,8 +357,8 @@ class Engine:
                 if stricter_is_higher and cur is not None:
                     start = max(start, cur)
                 lim = Limit(cur, pending_value=new, pending_set=True, pending_from_ms=start)
-            limits[name] = lim
-            self.m.limits[(cmd.brand_id, cmd.player_id, name)] = lim
+            limits[(currency, name)] = lim
+            self.m.limits[(cmd.brand_id, cmd.player_id, currency, name)] = lim
         return Status.OK
 
     # ------------------------------------------------------------------ helpers
@@ -351,7 +368,9 @@ class Engine:
             return None
 
         def eff(name: str) -> int | None:
-            lim = limits.get(name)
+            lim = limits.get((cmd.currency, name)) if name in MONEY_LIMITS else None
+            if lim is None:
+                lim = limits.get(("", name))
             return lim.effective(self.now_ms) if lim else None
 
         until = eff("self_exclude_until_ms")

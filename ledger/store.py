@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import asyncpg
 import orjson
 
-from ledger.commands import Command, Kind, Status
+from ledger.commands import INT64_MAX, Command, Kind, Status
 from ledger.rules import Account, BatchState, Bet, Limit, Mutations, PriorTx, Round, TxKey, window_starts
 
 _LOAD = "SELECT gw_load_batch($1::jsonb, $2, $3, $4)"
@@ -42,7 +42,9 @@ async def load_state(conn: asyncpg.Connection, cmds: Sequence[Command], today: d
         elif c.kind is Kind.END_ROUND:
             # an end of round moves no money, but its result reports the player's balance
             want[("player", c.brand_id, c.player_id, c.currency)] = c.tenant_id
-    round_keys = list({(c.brand_id, c.provider_id, c.round_id) for c in cmds if c.kind is not Kind.RG_SET})
+    # a round is per player: everyone at a live table shares its round id
+    round_keys = list({(c.brand_id, c.provider_id, c.round_id, c.player_id) for c in cmds
+                       if c.kind is not Kind.RG_SET})
     bets = list(bet_keys)
     keys = {
         "acc": [(*k, t) for k, t in want.items()],
@@ -65,11 +67,12 @@ async def load_state(conn: asyncpg.Connection, cmds: Sequence[Command], today: d
     st.tombstones = {(b, p, x) for b, p, x in data["tombstones"] or ()}
     st.rounds = dict.fromkeys(round_keys)
     for brand, prov, rid, player, cur, count, open_, live, bet_total, win_total, closed in data["rounds"] or ():
-        st.rounds[(brand, prov, rid)] = Round(player, cur, count, open_, live, bet_total, win_total, closed)
-    for brand, player, key, value, pending, pset, pfrom in data["limits"] or ():
-        st.limits.setdefault((brand, player), {})[key] = Limit(value, pending, pset, pfrom)
-    for brand, player, cur, day, staked, won in data["usage"] or ():
-        st.usage[(brand, player, cur, dt.date.fromisoformat(day))] = [staked, won]
+        st.rounds[(brand, prov, rid, player)] = Round(player, cur, count, open_, live, bet_total, win_total, closed)
+    for brand, player, cur, key, value, pending, pset, pfrom in data["limits"] or ():
+        st.limits.setdefault((brand, player), {})[(cur, key)] = Limit(value, pending, pset, pfrom)
+    for brand, player, cur, day, loss in data["usage"] or ():
+        # the day's loss (stake - win, clamped to int64 by the load): only the difference is ever read
+        st.usage[(brand, player, cur, dt.date.fromisoformat(day))] = [loss, 0]
     return st, list(data["ids"] or ())
 
 
@@ -92,19 +95,24 @@ def _outbox_rows(events: list[tuple[str, str, bytes]]) -> list[tuple[str, str, s
     return rows
 
 
+def _wide(value: int) -> int | str:
+    """A house or cash sum may leave int64, which JSON numbers (orjson) do not carry: send it as text."""
+    return value if -INT64_MAX <= value <= INT64_MAX else str(value)
+
+
 async def write_mutations(conn: asyncpg.Connection, m: Mutations, batch_seq: int, prev_hash: bytes,
                           digest: bytes, new_hash: bytes) -> None:
     doc = {
         "t": m.txs,
         "e": m.entries,
-        "d": list(m.balance_deltas.items()),
+        "d": [(a, _wide(v)) for a, v in m.balance_deltas.items()],
         "b": [(*k, b.round_id, b.player_id, b.currency, b.amount, b.free_round, b.state, b.ledger_tx)
               for k, b in m.bets.items()],
-        "r": [(*k, r.player_id, r.currency, r.bet_count, r.open_bets, r.live_bets, r.bet_total, r.win_total,
-               r.closed) for k, r in m.rounds.items()],
+        "r": [(*k, r.currency, r.bet_count, r.open_bets, r.live_bets, r.bet_total, r.win_total, r.closed)
+              for k, r in m.rounds.items()],  # k: brand, provider, round id, player
         "s": m.tombstones,
         "l": [(*k, v.value, v.pending_value, v.pending_set, v.pending_from_ms) for k, v in m.limits.items()],
-        "u": [(*k, v[0], v[1]) for k, v in m.usage_deltas.items()],
+        "u": [(*k, _wide(v[0]), _wide(v[1])) for k, v in m.usage_deltas.items()],
         "o": _outbox_rows(m.events),
     }
     await conn.execute(_WRITE, batch_seq, prev_hash, digest, new_hash, orjson.dumps(doc).decode())

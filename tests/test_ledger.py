@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -253,3 +254,129 @@ async def test_writer_recovers_when_the_chain_head_moved(own_db: Settings) -> No
     finally:
         await a.close()
         await b.close()
+
+
+INT64_MAX = 2**63 - 1
+
+
+async def test_house_and_cash_accounts_never_overflow(own_db: Settings) -> None:
+    """Near-int64 deposits and stakes of a few players must not make the brand's shared cash or house
+    account refuse the money of everyone else on the shard."""
+    dsn = own_db.shard_dsns()[0]
+    near = INT64_MAX - 5
+    async with applier_on(own_db, 0) as applier:
+        # two whales in one batch: the cash account's batch delta alone leaves int64
+        out = await applier.apply([command(Kind.DEPOSIT, "whale-1", "wd1", near, provider_id="operator"),
+                                   command(Kind.DEPOSIT, "whale-2", "wd2", near, provider_id="operator")])
+        assert [r.status.value for r in out.results] == ["ok", "ok"] and out.batch_seq > 0
+        out = await applier.apply([command(Kind.DEPOSIT, "whale-3", "wd3", near, provider_id="operator")])
+        assert out.results[0].applied, out.results[0]
+        # an ordinary player of the same brand, currency and shard
+        out = await applier.apply([command(Kind.DEPOSIT, "minnow", "md1", 10_000, provider_id="operator")])
+        assert out.results[0].applied and out.results[0].balance == 10_000, out.results[0]
+        # the whales stake everything (the house passes int64), then the minnow plays a round
+        out = await applier.apply([command(Kind.BET, f"whale-{i}", f"wb{i}", near) for i in (1, 2, 3)])
+        assert all(r.applied for r in out.results), out.results
+        out = await applier.apply([command(Kind.BET, "minnow", "mb1", 500)])
+        assert out.results[0].applied and out.results[0].balance == 9_500
+        out = await applier.apply([command(Kind.WIN, "minnow", "mw1", 1_500, ref_tx_id="mb1", round_id="r-mb1")])
+        assert out.results[0].applied and out.results[0].balance == 11_000
+        # free-round wins near int64 for the whales push the house back below zero, far past int64
+        out = await applier.apply([command(Kind.WIN, f"whale-{i}", f"ww{i}", near, free_round=True,
+                                           credit_type="bonus", round_id=f"fr-{i}") for i in (1, 2, 3)])
+        assert all(r.applied for r in out.results), out.results
+        # a wallet stays an int64: a credit past it is refused by the rules, the rest of the batch applies
+        out = await applier.apply([command(Kind.DEPOSIT, "whale-1", "wd1b", 10, provider_id="operator"),
+                                   command(Kind.DEPOSIT, "minnow", "md2", 1_000, provider_id="operator")])
+        assert out.batch_seq > 0  # one batch: the refusal did not fail it into one-by-one retries
+        assert out.results[0].status.value == "bad_command" and "int64" in out.results[0].detail
+        assert out.results[1].applied and out.results[1].balance == 12_000
+        balances = {r["kind"]: int(r["balance"]) for r in await applier.conn.fetch(
+            """SELECT a.kind, b.balance FROM accounts a JOIN balances b USING (account_id)
+                WHERE a.kind <> 'player'""")}
+        assert balances == {"cash": -(3 * near + 11_000), "house": 3 * near - 1_000 - 3 * near}
+    reports = await reconcile({0: dsn})
+    assert all(r.ok for r in reports), [r.problems for r in reports]
+
+
+async def test_players_at_one_live_table_each_settle_the_shared_round(own_db: Settings) -> None:
+    async with applier_on(own_db, 1) as applier:
+        players = [f"seat-{i}" for i in range(3)]
+        await applier.apply([command(Kind.DEPOSIT, p, f"d-{p}", 1_000, provider_id="operator") for p in players])
+        bets = await applier.apply([command(Kind.BET, p, f"debit-{p}", 100, round_id="table-round-1")
+                                    for p in players])
+        assert all(r.applied for r in bets.results), bets.results
+        # wins arrive in a later batch, so the rounds are loaded from the database, one per player
+        wins = await applier.apply([command(Kind.WIN, p, f"credit-{p}", 300, ref_tx_id=f"debit-{p}",
+                                            round_id="table-round-1", single_settlement=True) for p in players])
+        assert [(r.status.value, r.balance) for r in wins.results] == [("ok", 1_200)] * 3
+        ended = await applier.apply([command(Kind.END_ROUND, players[0], "end-0", round_id="table-round-1")])
+        assert ended.results[0].applied
+        late = await applier.apply([command(Kind.BET, players[0], "late-0", 1, round_id="table-round-1"),
+                                    command(Kind.BET, players[1], "late-1", 1, round_id="table-round-1")])
+        assert [r.status.value for r in late.results] == ["round_closed", "ok"]
+        rows = await applier.conn.fetch("SELECT player_id, bet_count, win_total, closed FROM rounds "
+                                        "WHERE round_id = 'table-round-1' ORDER BY player_id")
+        assert [tuple(r) for r in rows] == [("seat-0", 1, 300, True), ("seat-1", 2, 300, False),
+                                            ("seat-2", 1, 300, False)]
+    assert all(r.ok for r in await reconcile({1: own_db.shard_dsns()[1]}))
+
+
+async def test_migration_003_upgrades_a_shard_holding_data(pg_server_dsn: str, settings: Settings) -> None:
+    """A shard migrated to 002 and written by the old functions keeps its rows, chain and reconcile."""
+    from ledger import chain
+    from ledger.migrate import migrate_shard, migrations
+
+    suffix = uuid.uuid4().hex[:6]
+    dsn = await embedded.create_database(pg_server_dsn, f"legacy_{suffix}", exist_ok=False)
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute('CREATE SCHEMA "shard_0"; SET search_path TO "shard_0"')
+            await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+                               "applied_at timestamptz NOT NULL DEFAULT now())")
+            for version, name, sql in migrations():
+                if version <= 2:
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", version, name)
+            # the old writer: a deposit, a bet on round "old-r" and a currency-less max_stake of 5.00
+            await conn.fetchval("SELECT gw_load_batch($1::jsonb, current_date, 1, 0)", orjson.dumps(
+                {"acc": [["player", "b1", "old", "EUR", "t1"], ["cash", "b1", "", "EUR", "t1"],
+                         ["house", "b1", "", "EUR", "t1"]], "tx": [], "bet": [], "rnd": [], "rg": []}).decode())
+            ids = {r["kind"]: r["account_id"] for r in await conn.fetch("SELECT kind, account_id FROM accounts")}
+            tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            txs = [[1024, "b1", "operator", "od1", "deposit", "ok", "h1", "t1", "MGA", "old", "EUR", "cash:od1",
+                    None, 1_000, "win", 1, tp, "c1"],
+                   [2048, "b1", "sim", "ob1", "bet", "ok", "h2", "t1", "MGA", "old", "EUR", "old-r", None, 100,
+                    "win", 1, tp, "c2"]]
+            entries = [[1024, ids["cash"], -1_000], [1024, ids["player"], 1_000],
+                       [2048, ids["player"], -100], [2048, ids["house"], 100]]
+            digest = chain.batch_digest((chain.digest_fields(t) for t in txs), entries)
+            doc = {"t": txs, "e": entries,
+                   "d": [[ids["cash"], -1_000], [ids["player"], 900], [ids["house"], 100]],
+                   "b": [["b1", "sim", "ob1", "old-r", "old", "EUR", 100, False, "open", 2048]],
+                   "r": [["b1", "sim", "old-r", "old", "EUR", 1, 1, 1, 100, 0, False]], "s": [],
+                   "l": [["b1", "old", "max_stake", 500, None, False, None]],
+                   "u": [["b1", "old", "EUR", dt.date.today().isoformat(), 100, 0]], "o": []}
+            await conn.execute("SELECT gw_write_batch($1, $2, $3, $4, $5::jsonb)", 1, chain.GENESIS, digest,
+                               chain.chain_hash(chain.GENESIS, 1, digest), orjson.dumps(doc).decode())
+        finally:
+            await conn.close()
+        assert await migrate_shard(dsn, 0) == [3]
+        assert all(r.ok for r in await reconcile({0: dsn}))
+        s = settings.replace(pg_dsns=dsn, shards=1)
+        async with applier_on(s, 0) as applier:
+            out = await applier.apply([
+                command(Kind.WIN, "old", "ow1", 250, ref_tx_id="ob1", round_id="old-r"),  # the old round's bet
+                command(Kind.BET, "old", "ob2", 501, round_id="new-r"),  # the legacy limit still holds
+                command(Kind.DEPOSIT, "newcomer", "nd1", 10, provider_id="operator"),
+                command(Kind.BET, "newcomer", "nb1", 1, round_id="old-r"),  # another player, same round id
+            ])
+            assert [(r.status.value, r.balance) for r in out.results] == [
+                ("ok", 1_150), ("stake_limit", 1_150), ("ok", 10), ("ok", 9)]
+            assert await applier.conn.fetchval(
+                "SELECT win_total FROM rounds WHERE round_id = 'old-r' AND player_id = 'old'") == 250
+            assert await applier.conn.fetchval("SELECT currency FROM rg_limits WHERE player_id = 'old'") == ""
+        assert all(r.ok for r in await reconcile({0: dsn}))
+    finally:
+        await embedded.drop_database(pg_server_dsn, f"legacy_{suffix}")

@@ -206,6 +206,53 @@ async def test_responsible_gaming_limits(api: Api) -> None:
     assert status == 403 and body["code"] == "loss_limit"
 
 
+async def test_money_limits_are_per_currency(api: Api) -> None:
+    """A limit in one currency's minor units must not hold for another currency's: EUR 5.00 is 500 minor
+    units, which as JPY would be ¥500."""
+    eur, eur_token = await api.funded("500.00")
+    jpy = {**eur, "currency": "JPY"}
+    assert (await api.deposit(jpy, "100000"))[0] == 200
+    jpy_token = await api.session(jpy)
+
+    async def put(body: dict[str, object]) -> tuple[int, dict[str, object]]:
+        return await api.operator("PUT", "/v1/players/limits", {**body, "idempotency_key": tx()})
+
+    async def get(currency: str | None) -> dict[str, object]:
+        params = {"brand_id": eur["brand_id"], "player_id": eur["player_id"]}
+        status, body = await api.operator("GET", "/v1/players/limits",
+                                          params={**params, "currency": currency} if currency else params)
+        assert status == 200, body
+        return body
+
+    status, limits = await put({**eur, "limits": {"max_stake": "5.00", "loss_day": "20.00"}})
+    assert status == 200, limits
+    status, body = await api.bet(jpy_token, tx(), "rj-1", "1000", currency="JPY")
+    assert status == 200, body  # ¥1000: no JPY limit is set
+    assert limits["currency"] == "EUR" and limits["limits"] == {"loss_day": {"value": "20.00"},
+                                                                 "max_stake": {"value": "5.00"}}
+    assert (await api.bet(eur_token, tx(), "re-1", "5.01"))[1]["code"] == "stake_limit"
+    status, body = await put({**jpy, "limits": {"max_stake": "2000"}})
+    assert status == 200 and body["limits"] == {"max_stake": {"value": "2000"}}
+    assert (await api.bet(jpy_token, tx(), "rj-2", "2001", currency="JPY"))[1]["code"] == "stake_limit"
+    assert (await api.bet(eur_token, tx(), "re-2", "5.00"))[0] == 200  # still EUR 5.00, not 20.00
+    assert (await get("EUR"))["limits"] == {"loss_day": {"value": "20.00"}, "max_stake": {"value": "5.00"}}
+    assert (await get("JPY"))["limits"] == {"max_stake": {"value": "2000"}}
+    assert await get(None) == {"currency": None, "limits": {}}
+    # a money limit names its currency; session and self-exclusion limits hold for every currency
+    keys = {k: v for k, v in eur.items() if k != "currency"}
+    status, body = await put({**keys, "limits": {"max_stake": "1.00"}})
+    assert status == 400 and "currency" in body["error"]["message"], body
+    status, body = await put({**keys, "limits": {"session_minutes": 30}})
+    assert status == 200 and body == {"status": "OK", "duplicate": False, "currency": None,
+                                      "limits": {"session_minutes": {"value": 30}}}
+    assert (await get("JPY"))["limits"] == {"max_stake": {"value": "2000"}, "session_minutes": {"value": 30}}
+    status, body = await api.operator("POST", "/v1/players/self-exclusion",
+                                      {**keys, "idempotency_key": tx(), "days": 1})
+    assert status == 200 and body["limits"]["self_exclude_until_ms"]["value"] > 0
+    for token, currency, amount in ((eur_token, "EUR", "1.00"), (jpy_token, "JPY", "100")):
+        assert (await api.bet(token, tx(), "rx", amount, currency=currency))[1]["code"] == "self_excluded"
+
+
 async def test_self_exclusion_stops_bets_not_settlements(api: Api) -> None:
     player, token = await api.funded("50.00")
     await api.bet(token, "b-1", "r-1", "2.00")

@@ -16,7 +16,7 @@ import ipaddress
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 
 from adapters.base import Adapter, PlayerSession, ProviderConfig
 from adapters.flow import Call
-from gateway.errors import GatewayError, InvalidToken, TokenExpired, UnknownPlayer
+from gateway.errors import GatewayError, InvalidToken, TokenExpired
+from gateway.sessions import pick_profile
 from ledger.commands import Command, Kind, Result, Status
 
 BRAND = "brand-a"
@@ -39,14 +40,15 @@ BRAND = "brand-a"
 @dataclass
 class _Bet:
     amount: int
-    round_key: tuple[str, str, str]
+    round_key: tuple[str, str, str, str]
     player: str
     state: str = "open"  # open | settled | rolled_back
 
 
 @dataclass
 class _Round:
-    player: str  # the round's owner: another player's settlement or end of it is refused
+    """One player's part of a round (live tables share a round id among every player seated)."""
+
     bets: list[tuple[str, str, str]] = field(default_factory=list)
     closed: bool = False
 
@@ -63,12 +65,12 @@ class FakeWallet:
         self.sessions: dict[tuple[str, str], PlayerSession] = {}
         self.expired: set[tuple[str, str]] = set()
         self.launch: dict[tuple[str, str], PlayerSession] = {}
-        self.profiles: dict[tuple[str, str], PlayerSession] = {}
+        self.profiles: dict[tuple[str, str], dict[str, PlayerSession]] = {}  # (provider, player): by brand
         self.balances: dict[tuple[str, str, str], int] = {}
         self.records: dict[tuple[str, str, str], tuple[str, Result]] = {}
         self.bets: dict[tuple[str, str, str], _Bet] = {}
         self.tombstones: set[tuple[str, str, str]] = set()
-        self.rounds: dict[tuple[str, str, str], _Round] = {}
+        self.rounds: dict[tuple[str, str, str, str], _Round] = {}
         self.failures: list[_Failure] = []
         self.refusals: dict[str, Status] = {}
         self.executed: list[Command] = []
@@ -86,7 +88,7 @@ class FakeWallet:
             country="MT", game_id="", started_ms=1_700_000_000_000, expires_ms=1_700_000_900_000,
         )
         self.sessions[(provider_id, session.token)] = session
-        self.profiles[(provider_id, session.player_id)] = session
+        self.profiles.setdefault((provider_id, session.player_id), {})[brand] = session
         self.balances[(brand, session.player_id, currency)] = balance
         return session
 
@@ -140,11 +142,8 @@ class FakeWallet:
         self.sessions[(fresh.provider_id, fresh.token)] = fresh
         return fresh
 
-    async def profile(self, provider_id: str, player_id: str) -> PlayerSession:
-        try:
-            return self.profiles[(provider_id, player_id)]
-        except KeyError:
-            raise UnknownPlayer() from None
+    async def profile(self, provider_id: str, player_id: str, brands: Sequence[str] = ()) -> PlayerSession:
+        return pick_profile(self.profiles.get((provider_id, player_id), {}), brands)
 
     async def balance(self, session: PlayerSession) -> int:
         return self.balances.get((session.brand_id, session.player_id, session.currency), 0)
@@ -190,8 +189,8 @@ class FakeWallet:
         self.records[key] = (digest, result)  # final, refusals included
         return result
 
-    def _round(self, cmd: Command) -> tuple[str, str, str]:
-        return (cmd.brand_id, cmd.provider_id, cmd.round_id)
+    def _round(self, cmd: Command) -> tuple[str, str, str, str]:
+        return (cmd.brand_id, cmd.provider_id, cmd.round_id, cmd.player_id)
 
     def _bet(self, cmd: Command, key: tuple[str, str, str], wallet: tuple[str, str, str]) -> Status:
         if key in self.tombstones:
@@ -205,14 +204,14 @@ class FakeWallet:
         if stake > self.balances.get(wallet, 0):
             return Status.INSUFFICIENT_FUNDS
         self.balances[wallet] = self.balances.get(wallet, 0) - stake
-        rnd = self.rounds.setdefault(self._round(cmd), _Round(cmd.player_id))
+        rnd = self.rounds.setdefault(self._round(cmd), _Round())
         rnd.bets.append(key)
         self.bets[key] = _Bet(stake, self._round(cmd), cmd.player_id)
         if cmd.round_closed:
             rnd.closed = True
         return Status.OK
 
-    def _round_state(self, round_key: tuple[str, str, str]) -> Status | None:
+    def _round_state(self, round_key: tuple[str, str, str, str]) -> Status | None:
         rnd = self.rounds.get(round_key)
         if rnd is None or not rnd.bets:
             return Status.ROUND_NOT_FOUND
@@ -242,11 +241,10 @@ class FakeWallet:
             refusal = self._round_state(round_key)
             if refusal is not None:
                 return refusal
-        rnd = self.rounds.get(round_key)
-        if (bet is not None and bet.player != cmd.player_id) or (rnd is not None and rnd.player != cmd.player_id):
+        if bet is not None and bet.player != cmd.player_id:
             return Status.BET_NOT_FOUND
         self.balances[wallet] = self.balances.get(wallet, 0) + cmd.amount
-        rnd = self.rounds.setdefault(round_key, _Round(cmd.player_id))
+        rnd = self.rounds.setdefault(round_key, _Round())
         if bet is not None and bet.state == "open":
             bet.state = "settled"
         if cmd.round_closed:
@@ -277,10 +275,7 @@ class FakeWallet:
 
     def _end_round(self, cmd: Command, key: tuple[str, str, str], wallet: tuple[str, str, str]) -> Status:
         # ending a round never seen (or whose bets were all rolled back) closes it all the same
-        rnd = self.rounds.setdefault(self._round(cmd), _Round(cmd.player_id))
-        if rnd.player != cmd.player_id:
-            return Status.ROUND_NOT_FOUND
-        rnd.closed = True
+        self.rounds.setdefault(self._round(cmd), _Round()).closed = True
         return Status.OK
 
 

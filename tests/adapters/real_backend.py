@@ -22,9 +22,9 @@ PostgreSQL and Redis (the session fixtures of ``tests/conftest.py``).
   configuration mounted, for tests of provider options (brands, networks, protocol options).
 
 Keys: the ledger scopes every key a protocol test makes (idempotency key, bet, round, tombstone, limits,
-usage) by brand, and the session store scopes profiles by player id, so each test gets a brand and player
-ids prefixed with its own uuid and literal ids in tests (``"ref1"``, round ``"1001"``) never collide in
-the session-wide key space.
+usage) by brand, and the session store keeps profiles by provider, player id and brand, so each test gets
+a brand and player ids prefixed with its own uuid and literal ids in tests (``"ref1"``, round ``"1001"``)
+never collide in the session-wide key space.
 """
 
 from __future__ import annotations

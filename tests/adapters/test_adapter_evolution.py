@@ -194,6 +194,29 @@ async def test_settlements_never_touch_another_players_debit(evolution: Provider
     assert (await ask(evolution, credit(evolution, player, 6_00, ref="mine")))["balance"] == Decimal("101.00")
 
 
+async def test_players_at_one_live_table_share_its_round(evolution: Provider, wallet: Backend,
+                                                          player: PlayerSession) -> None:
+    """Evolution sends the table's ``game.id`` as the round of everyone seated: each player's debit,
+    credit and cancel on it are their own (the ledger keeps a round per player). ``beside`` seats them
+    all on the first player's ledger shard, where they meet the same round id."""
+    seats = [player] + [await wallet.add_player(evolution.config.id, beside=player) for _ in range(3)]
+    if isinstance(wallet, RealBackend):
+        shard_of = wallet.gateway.state.ledger.shard_of
+        assert {shard_of(s.player_id) for s in seats} == {shard_of(player.player_id)}
+    for i, seat in enumerate(seats):
+        data = await ask(evolution, debit(evolution, seat, 10_00, ref=f"seat{i}", round_id="table-game-1"))
+        assert data["status"] == "OK", data
+    # settlements still never cross players: a seat cannot credit another's debit on the shared round
+    data = await ask(evolution, credit(evolution, seats[1], 50_00, ref="seat0", round_id="table-game-1"))
+    assert data["status"] == "BET_DOES_NOT_EXIST"
+    for i, seat in enumerate(seats[:3]):
+        data = await ask(evolution, credit(evolution, seat, (i + 1) * 10_00, ref=f"seat{i}", round_id="table-game-1"))
+        assert (data["status"], data["balance"]) == ("OK", Decimal(90 + (i + 1) * 10)), (i, data)
+    data = await ask(evolution, cancel(evolution, seats[3], 10_00, ref="seat3", round_id="table-game-1"))
+    assert (data["status"], data["balance"]) == ("OK", Decimal("100.00"))
+    assert [await wallet.balance(s) for s in seats] == [100_00, 110_00, 120_00, 100_00]
+
+
 async def test_promo_payout(evolution: Provider, wallet: Backend, player: PlayerSession) -> None:
     jp = evolution.sim.promo_payout(player.player_id, player.token, currency="EUR", amount=50_00)
     data = await ask(evolution, jp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import urllib.parse
 from decimal import Decimal
@@ -268,6 +269,35 @@ async def test_bonus_win_as_notice(wallet: Backend) -> None:
         data = await ask(p, p.sim.bonus_win(s.player_id, amount=3_00, currency="EUR", bonus_code="B"))
         assert (data["error"], data["cash"]) == (0, Decimal("100.00"))
         assert await wallet.balance(s) == 100_00
+
+
+async def test_tokenless_settlements_never_guess_the_brand(pragmatic: Provider, wallet: Backend) -> None:
+    """refund and jackpotWin name only the user: when two brands share the player id at this provider,
+    the call is refused (nothing moves) rather than paid into the brand launched last; a provider
+    mount that serves one brand places the very same calls there."""
+    a = await wallet.add_player(pragmatic.config.id, player_id="shared", brand="brand-a")
+    b = await wallet.add_player(pragmatic.config.id, player_id="shared", brand="brand-b")
+    assert a.player_id == b.player_id and a.brand_id != b.brand_id
+    sim = pragmatic.sim
+    assert (await ask(pragmatic, bet(pragmatic, a, 5_00, round_id="4001", reference="ab1")))["error"] == 0
+    refund = sim.refund(a.player_id, reference="ab1", round_id="4001")
+    jackpot = sim.jackpot_win(a.player_id, round_id="4002", amount=50_00, currency="EUR")
+    for call in (refund, jackpot):
+        reply = await pragmatic.send(call)
+        assert reply.body == b'{"error":2,"description":"Player not found or is logged out"}'
+    assert (await wallet.balance(a), await wallet.balance(b)) == (95_00, 100_00)
+    async with wallet.mounted(dataclasses.replace(pragmatic.config, brands=(a.brand_id,)), sim) as only_a:
+        assert (await ask(only_a, refund))["error"] == 0
+        assert (await ask(only_a, jackpot))["error"] == 0
+    assert (await wallet.balance(a), await wallet.balance(b)) == (150_00, 100_00)
+
+
+async def test_tokenless_settlement_of_a_player_known_under_one_brand(pragmatic: Provider, wallet: Backend,
+                                                                      player: PlayerSession) -> None:
+    other = await wallet.add_player(pragmatic.config.id, brand="brand-b")  # another player, another brand
+    jackpot = pragmatic.sim.jackpot_win(player.player_id, round_id="4003", amount=7_00, currency="EUR")
+    assert (await ask(pragmatic, jackpot))["cash"] == Decimal("107.00")
+    assert (await wallet.balance(player), await wallet.balance(other)) == (107_00, 100_00)
 
 
 # --- refusals -------------------------------------------------------------------------------------
