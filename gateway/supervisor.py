@@ -184,8 +184,7 @@ class Supervisor:
             if delay is None:
                 return (f"{unit.name}{unit.where()} could not be restarted ({entry.backoff.max_quick} attempts):"
                         f" {exc}")
-            first_line = str(exc).splitlines()[0] if str(exc) else repr(exc)
-            self.log(f"gateway up: {unit.name}{unit.where()} did not start: {first_line}; "
+            self.log(f"gateway up: {unit.name}{unit.where()} did not start: {_summary(exc)}; "
                      f"restart {entry.backoff.quick}/{entry.backoff.max_quick} in {delay:.1f} s")
             entry.due = self.clock() + delay
             return None
@@ -197,6 +196,14 @@ class Supervisor:
         """SIGTERM every running child (they drain), SIGKILL after ``timeout_s``, with their process groups."""
         procs = [e.unit.proc for e in self.children if isinstance(e.unit, Child) and e.unit.proc is not None]
         stop_children(procs, timeout_s, groups=True)
+
+
+def _summary(exc: Exception) -> str:
+    """First line of an error, plus its last one when it quotes a log (where the cause usually is)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return repr(exc)
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ({lines[-1]})"
 
 
 def supervise(sup: Supervisor, stopping: Callable[[], bool], log: Log,

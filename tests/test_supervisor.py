@@ -93,7 +93,7 @@ def test_a_server_that_cannot_start_again_is_fatal_after_the_attempts() -> None:
     for _ in range(2):
         clock.now += 10
         assert sup.tick() is None
-    assert lines[-1] == "gateway up: server0 did not start: port taken; restart 3/3 in 2.0 s"
+    assert lines[-1] == "gateway up: server0 did not start: port taken (more detail); restart 3/3 in 2.0 s"
     clock.now += 10
     assert sup.tick() == "server0 could not be restarted (3 attempts): port taken\nmore detail"
 

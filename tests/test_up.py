@@ -282,6 +282,8 @@ async def test_sessions_survive_a_restart_of_up(up_dir: Path, first_up: Up, play
     assert code == 1, text
     assert re.search(rf"^gateway up: redis on port {port} could not be restarted \(2 attempts\): redis failed to "
                      r"start.*\n(.*\n)*.*Address already in use", text, re.M), text
+    assert re.search(rf"^gateway up: redis on port {port} did not start: redis failed to start: .*; restart 2/2 "
+                     r"in 1\.0 s$", text, re.M), text
     assert "gateway up: giving up; stopping everything" in text and "gateway up: stopped" in text
     again.assert_nothing_left()
 
