@@ -110,7 +110,7 @@ class Settings:
     up_restart_delay_max_s: int = 30
     #: a process that ran this long was healthy: its next death starts the backoff over
     up_restart_stable_s: int = 30
-    #: deaths in a row, each within ``up_restart_stable_s`` of its start, before ``up`` gives up
+    #: restarts in a row of a process dying within ``up_restart_stable_s`` of its start; then ``up`` gives up
     up_restart_max_quick: int = 5
 
     # --- derived, not read from the environment --------------------------------------------------
