@@ -3,7 +3,7 @@
 The supervision tests share one data folder and run in order: one ``up`` has its children and then its
 embedded servers SIGKILLed one by one (each must come back, on the same port for a server, and a bet+win
 must go through again); it is stopped and a second ``up`` on the same folder must still honour the old
-session token (Redis keeps its data); that one is made to fail (a server's port taken), and a third one
+session token (Redis keeps its data); that one is made to fail (a server's port taken). Another one
 crash-loops on a bad providers file. Every ``up`` must leave nothing running.
 """
 
@@ -289,11 +289,11 @@ async def test_sessions_survive_a_restart_of_up(up_dir: Path, first_up: Up, play
 
 
 @pytest.mark.slow
-async def test_up_gives_up_on_a_crash_loop(up_dir: Path, first_up: Up) -> None:
+async def test_up_gives_up_on_a_crash_loop(tmp_path: Path) -> None:
     """A gateway that dies right after every start (a providers file that is not there) is not restarted
     forever: `up` stops everything and exits non-zero, naming it."""
-    up = Up(first_up.data, up_dir / "up3.log", free_port(), GATEWAY_UP_RESTART_MAX_QUICK="2",
-            GATEWAY_PROVIDERS_FILE=str(up_dir / "missing.toml"))
+    up = Up(tmp_path / "data", tmp_path / "up.log", free_port(), GATEWAY_UP_RESTART_MAX_QUICK="2",
+            GATEWAY_PROVIDERS_FILE=str(tmp_path / "missing.toml"))
     up.launch()
     code = await up.wait_exit()
     text = up.text()
