@@ -16,6 +16,8 @@ from importlib import resources
 import nats
 import redis.asyncio as redis
 from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from adapters.base import ProviderConfig
 from gateway import errors as E
@@ -79,7 +81,10 @@ def _lifecycle(settings: Settings, providers: list[ProviderConfig]):  # type: ig
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         nc = await nats.connect(settings.nats_url, name=f"gateway-{settings.instance_id}",
                                 max_reconnect_attempts=-1, reconnect_time_wait=0.5)
-        rds = redis.Redis.from_url(settings.redis_url)
+        # one immediate retry on a fresh connection: after Redis restarts (``gateway up`` brings it back on
+        # the same port) the pooled connections are dead, and the first command on each would fail
+        rds = redis.Redis.from_url(settings.redis_url,
+                                   retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
         dsns = settings.shard_dsns()
         pools = await pools_for(dsns, range(settings.shards), max_size=settings.writer_pool_size + 2)
         ledger = LedgerClient(settings, nc)

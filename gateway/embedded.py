@@ -9,6 +9,9 @@ Invariants this module protects:
 * Readiness is read from the server itself (the NATS ``INFO`` line with JetStream on, PostgreSQL's
   ``postmaster.pid`` saying ``ready`` plus ``pg_isready``, Redis answering ``PING``), never from a sleep.
 * After ``stop()`` the process is gone, checked by pid rather than assumed.
+* ``EmbeddedStack.restart`` brings a server back on the port and folder it had, so clients keep their URL.
+* Redis keeps its data in an append-only file (sessions survive a restart); PostgreSQL and JetStream keep
+  theirs on disk anyway.
 * Two servers never share a folder: a server left running on it by a killed earlier run (its owner pid is
   dead) is stopped before a new one starts; one whose owner is still alive is refused with a clear error.
 
@@ -402,7 +405,11 @@ def _sigterm(process: subprocess.Popen[bytes], _timeout: float) -> None:
 
 
 def start_redis(data_dir: Path, *, port: int | None = None, timeout: float = 30.0) -> EmbeddedServer:
-    """Redis without persistence, working folder ``<data_dir>/redis``; url ``redis://127.0.0.1:PORT/0``."""
+    """Redis with its append-only file in ``<data_dir>/redis``; url ``redis://127.0.0.1:PORT/0``.
+
+    Sessions live in Redis, so it must keep them across a restart of the stack (or of Redis after a crash):
+    every write goes to ``appendonly.aof``, fsynced once a second (a crash loses at most that second);
+    no RDB snapshots, the file is replayed on start."""
     began = time.monotonic()
     binary = redis_server_binary()
     folder = Path(data_dir).resolve() / "redis"
@@ -410,8 +417,8 @@ def start_redis(data_dir: Path, *, port: int | None = None, timeout: float = 30.
     _claim_folder("redis", "redis-server", folder, _terminate)
 
     def start(port: int) -> EmbeddedServer:
-        argv = [str(binary), *f"--port {port} --bind {HOST} --appendonly no --daemonize no".split()]
-        argv += ["--save", "", "--dir", str(folder)]
+        argv = [str(binary), *f"--port {port} --bind {HOST} --appendonly yes --appendfsync everysec".split()]
+        argv += ["--daemonize", "no", "--save", "", "--dir", str(folder)]
 
         def probe(_: subprocess.Popen[bytes]) -> bool:
             return _read_line(port, b"PING\r\n").startswith(b"+PONG")
@@ -683,6 +690,17 @@ class EmbeddedStack:
                 self.stop()
             raise
         return self
+
+    def restart(self, server: EmbeddedServer, timeout: float = 10.0) -> EmbeddedServer:
+        """Start a dead (or running) ``server`` of this stack again on the same port and data folder, so its
+        clients reconnect to the URL they have; what a killed server left behind (PostgreSQL's backends, its
+        ``postmaster.pid``) is cleared first. On failure the old entry stays, to be stopped or retried."""
+        index = self.servers.index(server)
+        server.stop(timeout)
+        starts: dict[str, Callable[..., EmbeddedServer]] = {
+            "nats": start_nats, "postgres": functools.partial(start_postgres, fast=self.fast), "redis": start_redis}
+        self.servers[index] = starts[server.name](self.data_dir, port=server.port)
+        return self.servers[index]
 
     def _add(self, server: EmbeddedServer) -> EmbeddedServer:
         self.servers.append(server)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -29,8 +31,27 @@ class StopRequested:
             signal.signal(s, handler)  # type: ignore[arg-type]
 
 
-def stop_children(procs: Sequence[subprocess.Popen[bytes]], timeout_s: float) -> None:
-    """SIGTERM (they drain), wait up to ``timeout_s`` for all, then SIGKILL whatever is left; last first."""
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what is left of the process group of ``proc`` (started with ``start_new_session``), e.g. the
+    workers of a ``serve --workers N`` whose parent was killed; the kernel keeps the group id reserved while
+    any member lives, so this never hits a stranger."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def exit_text(returncode: int) -> str:
+    """``exited with code 2`` or ``killed by SIGKILL``, for log lines."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+def stop_children(procs: Sequence[subprocess.Popen[bytes]], timeout_s: float, *, groups: bool = False) -> None:
+    """SIGTERM (they drain), wait up to ``timeout_s`` for all, then SIGKILL whatever is left; last first.
+    With ``groups`` (children started in sessions of their own) their leftover descendants are killed too."""
     for p in reversed(procs):
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -41,3 +62,5 @@ def stop_children(procs: Sequence[subprocess.Popen[bytes]], timeout_s: float) ->
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+        if groups:
+            kill_group(p)

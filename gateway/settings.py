@@ -105,6 +105,14 @@ class Settings:
 
     shutdown_drain_s: int = 10
 
+    # --- `gateway up`: restarting its dead children and embedded servers --------------------------
+    up_restart_delay_ms: int = 500
+    up_restart_delay_max_s: int = 30
+    #: a process that ran this long was healthy: its next death starts the backoff over
+    up_restart_stable_s: int = 30
+    #: restarts in a row of a process dying within ``up_restart_stable_s`` of its start; then ``up`` gives up
+    up_restart_max_quick: int = 5
+
     # --- derived, not read from the environment --------------------------------------------------
     api_key_roles: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -131,6 +139,12 @@ class Settings:
         need(0 <= self.session_cache_jitter_pct <= 100, "session_cache_jitter_pct", "must be 0..100")
         need(self.queue_target_ms > 0 and self.queue_interval_ms > self.queue_target_ms, "queue_interval_ms",
              "must exceed queue_target_ms > 0")
+        need(10 <= self.up_restart_delay_ms <= 60_000, "up_restart_delay_ms", "must be 10..60000")
+        need(1 <= self.up_restart_delay_max_s <= 3600
+             and self.up_restart_delay_max_s * 1000 >= self.up_restart_delay_ms, "up_restart_delay_max_s",
+             "must be 1..3600 and not below up_restart_delay_ms")
+        need(self.up_restart_stable_s >= 1, "up_restart_stable_s", "must be at least 1")
+        need(1 <= self.up_restart_max_quick <= 1000, "up_restart_max_quick", "must be 1..1000")
         need(self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}, "log_level",
              "must be DEBUG, INFO, WARNING or ERROR")
         for name in ("rl_player_per_s", "rl_round_per_s", "rl_provider_per_s", "rl_brand_per_s",

@@ -2,21 +2,27 @@
 
 Starts NATS (JetStream), PostgreSQL and Redis from their PyPI wheels on free loopback ports in the
 data folder (each unless its ``GATEWAY_*`` URL is set), applies migrations, then runs the ledger
-writers and the gateway as child processes with the same settings. Ctrl-C or SIGTERM stops the
-children first (the gateway drains), then the servers it started.
+writers, the outbox relay and the gateway as child processes with the same settings, and keeps them
+all running (``gateway.supervisor``): a dead child or server is restarted with backoff, a crash loop
+stops everything with a non-zero exit. Ctrl-C or SIGTERM stops the children first (the gateway
+drains), then the servers it started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import secrets
-import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from gateway.processes import StopRequested, stop_children
+from gateway.processes import StopRequested
 from gateway.settings import Settings
+from gateway.supervisor import Backoff, Child, Server, Supervisor, supervise
 
 DEMO_PROVIDER = "demo"
 
@@ -85,7 +91,7 @@ def run_up(settings: Settings, *, workers: int = 0) -> int:
     print(f"gateway up: data folder {data}", flush=True)
     stack = EmbeddedStack(data, nats_url=settings.nats_url or None, pg_dsn=settings.pg_dsns or None,
                           redis_url=settings.redis_url or None, database=None if settings.pg_dsns else "gateway")
-    children: list[subprocess.Popen[bytes]] = []
+    sup: Supervisor | None = None
     stop = StopRequested().__enter__()
     try:
         stack.start()
@@ -95,51 +101,63 @@ def run_up(settings: Settings, *, workers: int = 0) -> int:
             print(f"  {server.name:<10} {server.url}  (pid {server.pid}, started in {server.startup_s:.1f}s)")
         applied = asyncio.run(migrate_all(settings.shard_dsns()))
         print(f"  migrations {sum(len(v) for v in applied.values())} applied over {len(applied)} shard(s)")
-        env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("GATEWAY_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
         env.update(settings.env())
-        children.append(subprocess.Popen([sys.executable, "-m", "gateway", "ledger", "--shards", "all", "--no-relay"],
-                                         env=env))
-        children.append(subprocess.Popen([sys.executable, "-m", "gateway", "relay", "--shards", "all"], env=env))
-        n = str(workers or settings.workers)
-        children.append(subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--workers", n], env=env))
+        gateway = [sys.executable, "-m", "gateway"]
+        children = [
+            Child("ledger writers", [*gateway, "ledger", "--shards", "all", "--no-relay"], env),
+            Child("outbox relay", [*gateway, "relay", "--shards", "all"], env),
+            Child("gateway", [*gateway, "serve", "--workers", str(workers or settings.workers)], env),
+        ]
+        for child in children:
+            child.start()
+        sup = Supervisor([Server(stack, s) for s in stack.servers], list(children),
+                         functools.partial(Backoff.from_settings, settings), _log)
         base = f"http://{settings.http_host}:{settings.http_port}"
-        if _wait_ready(base, children, lambda: stop.requested):
-            print(f"\nGame Gateway ready on {base}  (ledger writers for {settings.shards} shards)")
-            print(f"  operator API key   {next(k for k, r in settings.api_key_roles.items() if r == 'operator')}")
-            print(f"  admin API key      {next(k for k, r in settings.api_key_roles.items() if r == 'admin')}")
-            print(f"  providers file     {settings.providers_file}")
-            print(f"  OpenAPI            {base}/openapi.json    readiness {base}/readyz")
-            print(walkthrough(settings, base))
-            print("Ctrl-C stops everything.", flush=True)
-        while not stop.requested and all(c.poll() is None for c in children):
-            time.sleep(0.2)
-        failed = not stop.requested
-        if failed:
-            print("gateway up: a child process exited; stopping everything", file=sys.stderr)
-        return 1 if failed else 0
+        fatal = supervise(sup, lambda: stop.requested, _log, _Banner(settings, base))
+        if fatal:
+            _log(f"gateway up: {fatal}\ngateway up: giving up; stopping everything")
+            return 1
+        return 0
     finally:
-        stop_children(children, settings.shutdown_drain_s + 10)
+        if sup is not None:
+            sup.stop_children(settings.shutdown_drain_s + 10)
         stack.stop()
         stop.__exit__(None, None, None)
         print("gateway up: stopped", flush=True)
 
 
-def _wait_ready(base: str, children: list[subprocess.Popen[bytes]], stopping: object, timeout: float = 60) -> bool:
-    import urllib.error
-    import urllib.request
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(stopping) and stopping():
-            return False
-        if any(c.poll() is not None for c in children):
-            return False
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as resp:
-                if resp.status == 200:
-                    return True
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
-    print("gateway up: the gateway did not become ready in time", file=sys.stderr)
-    return False
+
+class _Banner:
+    """Prints the keys and the walk-through once the gateway first answers ``/readyz`` with 200."""
+
+    def __init__(self, settings: Settings, base: str, patience_s: float = 60) -> None:
+        self.settings, self.base = settings, base
+        self.done, self.warn_at = False, time.monotonic() + patience_s
+
+    def __call__(self) -> None:
+        if self.done or not _ready(self.base):
+            if not self.done and time.monotonic() > self.warn_at:
+                self.warn_at = float("inf")
+                _log("gateway up: the gateway is not ready yet; still waiting (see the lines above)")
+            return
+        self.done = True
+        settings, base = self.settings, self.base
+        print(f"\nGame Gateway ready on {base}  (ledger writers for {settings.shards} shards)")
+        print(f"  operator API key   {next(k for k, r in settings.api_key_roles.items() if r == 'operator')}")
+        print(f"  admin API key      {next(k for k, r in settings.api_key_roles.items() if r == 'admin')}")
+        print(f"  providers file     {settings.providers_file}")
+        print(f"  OpenAPI            {base}/openapi.json    readiness {base}/readyz")
+        print(walkthrough(settings, base))
+        print("Dead children and embedded servers are restarted. Ctrl-C stops everything.", flush=True)
+
+
+def _ready(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

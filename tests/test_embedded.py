@@ -38,6 +38,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _port_open(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
@@ -195,3 +203,52 @@ def test_start_error_names_the_failure_and_quotes_the_log(tmp_path: Path) -> Non
         busy.listen()
         with pytest.raises(EmbeddedServerError, match=r"(?s)redis failed to start.*Address already in use"):
             start_redis(tmp_path, port=busy.getsockname()[1])
+
+
+@pytest.mark.slow
+async def test_redis_keeps_its_data_across_a_kill_and_restart(tmp_path: Path) -> None:
+    """Sessions live in Redis: a restarted stack (or Redis after a crash) must still know them."""
+    old = start_redis(tmp_path)
+    client = aioredis.from_url(old.url)
+    try:
+        assert await client.set("sess:kept", b"alice", ex=600)
+    finally:
+        await client.aclose()
+    old.process.kill()
+    old.process.wait()
+    new = start_redis(tmp_path, port=old.port)
+    client = aioredis.from_url(new.url)
+    try:
+        assert await client.get("sess:kept") == b"alice"
+        assert 0 < await client.ttl("sess:kept") <= 600
+    finally:
+        await client.aclose()
+        new.stop()
+
+
+@pytest.mark.slow
+async def test_stack_restarts_a_killed_server_on_its_port_with_its_data(tmp_path: Path) -> None:
+    """PostgreSQL SIGKILLed while a client holds a backend: ``restart`` clears what it left (the orphaned
+    backend, ``postmaster.pid``) and brings it back on the same port, so the same DSN works again."""
+    with EmbeddedStack(tmp_path, fast=True, database="gateway") as stack:
+        conn = await asyncpg.connect(stack.pg_dsn)
+        await conn.execute("SET synchronous_commit = on")  # the test server's default is off
+        await conn.execute("CREATE TABLE kept (id int PRIMARY KEY)")
+        await conn.execute("INSERT INTO kept VALUES (7)")
+        old = stack.servers[1]
+        backends = _children(old.pid)
+        old.process.kill()
+        old.process.wait()
+        new = stack.restart(old)
+        try:
+            assert stack.servers[1] is new and new.port == old.port and new.pid != old.pid
+            assert backends and not [pid for pid in backends if _running(pid)]
+            again = await asyncpg.connect(stack.pg_dsn)
+            assert await again.fetchval("SELECT id FROM kept") == 7
+            await again.close()
+        finally:
+            conn.terminate()
+        nats_server = stack.servers[0]
+        nats_server.process.kill()
+        nats_server.process.wait()
+        assert stack.restart(nats_server).url == stack.nats_url and _port_open(stack.servers[0].port)

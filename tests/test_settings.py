@@ -33,6 +33,10 @@ def test_unknown_and_bad_keys_are_all_named() -> None:
         ({"GATEWAY_LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"GATEWAY_PG_DSNS": "0-1=postgresql://a/b", "GATEWAY_SHARDS": "4"}, "no DSN for shard(s) [2, 3]"),
         ({"GATEWAY_REDIS_QUOTA_ENABLED": "maybe"}, "REDIS_QUOTA_ENABLED"),
+        ({"GATEWAY_UP_RESTART_DELAY_MS": "0"}, "UP_RESTART_DELAY_MS"),
+        ({"GATEWAY_UP_RESTART_DELAY_MS": "5000", "GATEWAY_UP_RESTART_DELAY_MAX_S": "2"}, "UP_RESTART_DELAY_MAX_S"),
+        ({"GATEWAY_UP_RESTART_STABLE_S": "0"}, "UP_RESTART_STABLE_S"),
+        ({"GATEWAY_UP_RESTART_MAX_QUICK": "0"}, "UP_RESTART_MAX_QUICK"),
     ],
 )
 def test_validation(env: dict[str, str], needle: str) -> None:
