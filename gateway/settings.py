@@ -99,6 +99,9 @@ class Settings:
     health_poll_ms: int = 5000
     health_fail_threshold: int = 3
     health_ok_threshold: int = 2
+    #: /readyz of the gateway and the writers is 503 while a shard's oldest pending command is older
+    #: than this (a stalled writer or transport); 0 turns the check off
+    ready_max_pending_age_s: int = 10
 
     # --- responsible gaming ----------------------------------------------------------------------
     rg_cooling_off_s: int = 24 * 3600
@@ -131,6 +134,7 @@ class Settings:
         need(0 <= self.session_cache_jitter_pct <= 100, "session_cache_jitter_pct", "must be 0..100")
         need(self.queue_target_ms > 0 and self.queue_interval_ms > self.queue_target_ms, "queue_interval_ms",
              "must exceed queue_target_ms > 0")
+        need(0 <= self.ready_max_pending_age_s <= 86_400, "ready_max_pending_age_s", "must be 0 (off)..86400")
         need(self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}, "log_level",
              "must be DEBUG, INFO, WARNING or ERROR")
         for name in ("rl_player_per_s", "rl_round_per_s", "rl_provider_per_s", "rl_brand_per_s",

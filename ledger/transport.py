@@ -5,9 +5,19 @@ its writer acks it), ``discard: new`` (a full stream refuses new batches rather 
 settlements) and a duplicate window so a publish retried with the same ``Nats-Msg-Id`` is stored once.
 ``EVENTS``: ``events.<tenant>.<brand>.<type>``, limits retention, the outbox relay's destination.
 A namespace prefix lets several deployments or test runs share one NATS server.
+
+Both streams and the writers' durable consumers are (re)created idempotently at start-up and again
+whenever a process finds them missing (a NATS server that came back without its store), so the
+ledger heals without an operator. ``stalled_shards`` is the readiness probes' measure of a stuck
+shard: with work-queue retention a batch leaves the stream when its writer acks it, so the oldest
+message still on a shard's subject is its oldest command not yet committed and answered.
 """
 
 from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
 
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -81,3 +91,32 @@ def consumer_config(settings: Settings, shard: int) -> ConsumerConfig:
         max_ack_pending=10_000,
         max_waiting=16,
     )
+
+
+async def ensure_consumer(js: JetStreamContext, settings: Settings, shard: int) -> None:
+    """Create the shard writers' durable consumer (a no-op when it exists with this config)."""
+    await js.add_consumer(stream_name(settings, settings.stream_name), consumer_config(settings, shard))
+
+
+async def _oldest_age_s(js: JetStreamContext, stream: str, subject: str, now: float) -> float | None:
+    try:
+        msg = await js.get_msg(stream, seq=0, subject=subject, next=True)
+    except nats.js.errors.NotFoundError:
+        return None
+    return max(0.0, now - msg.time.timestamp()) if msg.time is not None else None
+
+
+async def stalled_shards(js: JetStreamContext, settings: Settings, shards: Iterable[int],
+                         max_age_s: float) -> dict[int, float]:
+    """Shard → age (s) of its oldest command still in the LEDGER stream, for those older than
+    ``max_age_s``. One request when nothing is old (the stream's oldest message across all shards);
+    one per shard only while something is. Ages come from the server's clock, so hosts must keep
+    their clocks in sync (NTP) for the bound to mean what it says."""
+    stream = stream_name(settings, settings.stream_name)
+    now = time.time()
+    oldest = await _oldest_age_s(js, stream, f"{subject_prefix(settings)}ledger.cmd.*", now)
+    if oldest is None or oldest <= max_age_s:
+        return {}
+    wanted = list(shards)
+    ages = await asyncio.gather(*(_oldest_age_s(js, stream, cmd_subject(settings, s), now) for s in wanted))
+    return {s: age for s, age in zip(wanted, ages, strict=True) if age is not None and age > max_age_s}
