@@ -22,6 +22,7 @@ from gateway import embedded
 from gateway.errors import Retryable
 from gateway.ledger_client import LedgerClient
 from gateway.settings import Settings
+from ledger import transport
 from ledger.commands import Command, Kind, Result, Status
 from ledger.migrate import migrate_all
 from ledger.sharding import connect
@@ -100,6 +101,18 @@ async def settle(call: Callable[[], Awaitable[tuple[int, dict[str, Any]]]], dead
         assert body.get("retryable"), body
         assert time.monotonic() < deadline, body
         await asyncio.sleep(0.2)
+
+
+async def until_result(client: LedgerClient, cmd: Command, deadline: float) -> Result:
+    """A provider's retry of the same transaction (each attempt its own id) until it is answered."""
+    attempt = cmd
+    while True:
+        try:
+            return await client.submit(attempt)
+        except Retryable:
+            assert time.monotonic() < deadline, "no answer in time"
+            await asyncio.sleep(0.1)
+            attempt = dataclasses.replace(cmd, cmd_id=uuid.uuid4().hex)
 
 
 async def count_rows(s: Settings, tx_ids: list[str]) -> dict[str, int]:
@@ -207,19 +220,29 @@ async def test_readyz_names_a_stalled_shard_until_it_moves(heal_db: Settings, ht
         await stop_writers(writers)
 
 
+async def test_a_writer_recreates_its_deleted_consumer(heal_db: Settings) -> None:
+    s = heal_db
+    writers = await start_writers(s)
+    nc = await nats.connect(s.nats_url)
+    client = LedgerClient(s, nc)
+    await client.start()
+    try:
+        player = next(f"gone-{i}" for i in range(100) if client.shard_of(f"gone-{i}") == 0)
+        deadline = time.monotonic() + 20
+        first = await until_result(client, command(Kind.DEPOSIT, player, "dep-1", 100, provider_id="operator"),
+                                   deadline)
+        assert first.applied
+        await nc.jetstream().delete_consumer(transport.stream_name(s, s.stream_name), transport.durable_name(s, 0))
+        again = await until_result(client, command(Kind.DEPOSIT, player, "dep-2", 100, provider_id="operator"),
+                                   deadline)
+        assert again.applied and again.balance == 200
+    finally:
+        await client.close()
+        await nc.drain()
+        await stop_writers(writers)
+
+
 # --- PostgreSQL ------------------------------------------------------------------------------------------
-
-
-async def until_result(client: LedgerClient, cmd: Command, deadline: float) -> Result:
-    """A provider's retry of the same transaction (each attempt its own id) until it is answered."""
-    attempt = cmd
-    while True:
-        try:
-            return await client.submit(attempt)
-        except Retryable:
-            assert time.monotonic() < deadline, "no answer in time"
-            await asyncio.sleep(0.1)
-            attempt = dataclasses.replace(cmd, cmd_id=uuid.uuid4().hex)
 
 
 def metric(text: str, name: str, shard: int) -> float:

@@ -33,6 +33,7 @@ def test_unknown_and_bad_keys_are_all_named() -> None:
         ({"GATEWAY_LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"GATEWAY_PG_DSNS": "0-1=postgresql://a/b", "GATEWAY_SHARDS": "4"}, "no DSN for shard(s) [2, 3]"),
         ({"GATEWAY_REDIS_QUOTA_ENABLED": "maybe"}, "REDIS_QUOTA_ENABLED"),
+        ({"GATEWAY_READY_MAX_PENDING_AGE_S": "-1"}, "READY_MAX_PENDING_AGE_S"),
     ],
 )
 def test_validation(env: dict[str, str], needle: str) -> None:
