@@ -33,6 +33,7 @@ from gateway.sessions import SessionStore
 from gateway.settings import SETTINGS_KEY, Settings
 from gateway.state import STATE_KEY, GatewayState
 from gateway.wallet import Wallet
+from ledger import transport
 from ledger.sharding import pools_for
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,8 @@ def create_app(settings: Settings, providers: list[ProviderConfig]) -> web.Appli
 def _lifecycle(settings: Settings, providers: list[ProviderConfig]):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         nc = await nats.connect(settings.nats_url, name=f"gateway-{settings.instance_id}",
-                                max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+                                max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                **transport.connection_callbacks("gateway"))
         rds = redis.Redis.from_url(settings.redis_url)
         dsns = settings.shard_dsns()
         pools = await pools_for(dsns, range(settings.shards), max_size=settings.writer_pool_size + 2)

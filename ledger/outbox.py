@@ -129,7 +129,8 @@ async def run_relays(settings: Settings, shards: Sequence[int], stop: asyncio.Ev
     is a crash, logged at CRITICAL and restarted."""
     dsns = settings.shard_dsns()
     nc = await nats.connect(settings.nats_url, name=f"outbox-relay-{settings.instance_id}",
-                            max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+                            max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                            **transport.connection_callbacks("outbox relay"))
     js = nc.jetstream()
     await transport.ensure_streams(js, settings)
     relays = [OutboxRelay(settings, shard, dsns[shard], js) for shard in shards]

@@ -16,8 +16,9 @@ message still on a shard's subject is its oldest command not yet committed and a
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -31,6 +32,8 @@ from nats.js.api import (
 )
 
 from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
 
 REPLY_HEADER = "Gw-Reply"
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -120,3 +123,19 @@ async def stalled_shards(js: JetStreamContext, settings: Settings, shards: Itera
     wanted = list(shards)
     ages = await asyncio.gather(*(_oldest_age_s(js, stream, cmd_subject(settings, s), now) for s in wanted))
     return {s: age for s, age in zip(wanted, ages, strict=True) if age is not None and age > max_age_s}
+
+
+def connection_callbacks(who: str) -> dict[str, Callable[..., Awaitable[None]]]:
+    """nats.connect() callbacks that log each disconnect, reconnect and error in one line (the client's
+    default logs a traceback for every failed reconnect attempt, burying the one line that matters)."""
+
+    async def error_cb(exc: Exception) -> None:
+        log.warning("%s: NATS: %s: %s", who, type(exc).__name__, exc)
+
+    async def disconnected_cb() -> None:
+        log.warning("%s: NATS disconnected; reconnecting", who)
+
+    async def reconnected_cb() -> None:
+        log.warning("%s: NATS reconnected", who)
+
+    return {"error_cb": error_cb, "disconnected_cb": disconnected_cb, "reconnected_cb": reconnected_cb}

@@ -339,7 +339,8 @@ async def run_writers(settings: Settings, shards: Sequence[int], stop: asyncio.E
     task that ends before ``stop`` is a crash: logged at CRITICAL and restarted (``tasks.Supervisor``)."""
     dsns = settings.shard_dsns()
     nc = await nats.connect(settings.nats_url, name=f"ledger-writer-{settings.instance_id}",
-                            max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+                            max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                            **transport.connection_callbacks("ledger writer"))
     js = nc.jetstream()
     await transport.ensure_streams(js, settings)
     for shard in shards:

@@ -25,6 +25,7 @@ from gateway.settings import Settings
 from ledger import transport
 from ledger.commands import Command, Kind, Result, Status
 from ledger.migrate import migrate_all
+from ledger.puller import Puller
 from ledger.sharding import connect
 from ledger.writer import BatchApplier, run_writers
 from tests.conftest import running_gateway
@@ -218,6 +219,32 @@ async def test_readyz_names_a_stalled_shard_until_it_moves(heal_db: Settings, ht
             assert (await count_rows(s, [api.ns + "w-stuck"])) == {api.ns + "w-stuck": 1}
     finally:
         await stop_writers(writers)
+
+
+async def test_a_pull_request_whose_end_was_never_heard_is_renewed(heal_db: Settings) -> None:
+    s = heal_db
+    nc = await nats.connect(s.nats_url)
+    js = nc.jetstream()
+    await transport.ensure_streams(js, s)
+    await transport.ensure_consumer(js, s, 0)
+    puller = Puller(nc, transport.stream_name(s, s.stream_name), transport.durable_name(s, 0), 8)
+    try:
+        await puller.start()
+        assert await puller.next(0.05) == []  # a request is outstanding now, expiring in 1 s
+        await puller.stop()  # ... and its "408 expired" will reach nobody
+        await asyncio.sleep(1.3)
+        await puller.start()
+        await js.publish(transport.cmd_subject(s, 0), b"[]")
+        deadline = time.monotonic() + 6
+        msgs: list[Any] = []
+        while not msgs:
+            assert time.monotonic() < deadline, "the silent request was never replaced"
+            msgs = await puller.next(0.5)
+        assert msgs[0].data == b"[]" and puller.lost_requests == 1
+        await msgs[0].ack()
+    finally:
+        await puller.stop()
+        await nc.drain()
 
 
 async def test_a_writer_recreates_its_deleted_consumer(heal_db: Settings) -> None:
