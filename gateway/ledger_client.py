@@ -116,7 +116,11 @@ class LedgerClient:
             return
         exc = None if task.cancelled() else task.exception()
         log.critical("ledger pump of shard %d ended unexpectedly; restarting it", shard, exc_info=exc)
-        self._tasks[shard] = self._start_pump(shard)
+        asyncio.get_running_loop().call_later(0.5, self._restart_pump, shard)  # never a restart spin
+
+    def _restart_pump(self, shard: int) -> None:
+        if not self._closed:
+            self._tasks[shard] = self._start_pump(shard)
 
     async def drain(self, timeout_s: float) -> None:
         """Stop taking commands; wait for the queued and in-flight ones to be answered."""

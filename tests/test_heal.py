@@ -371,6 +371,34 @@ async def test_writer_logs_an_unexpected_error_and_carries_on(heal_db: Settings,
         await stop_writers(writers)
 
 
+async def test_a_gateway_pump_logs_an_unexpected_error_and_carries_on(
+        heal_db: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    original = LedgerClient._to_batcher
+    failed: list[int] = []
+
+    def flaky(self: LedgerClient, shard: int, *args: Any) -> None:
+        if not failed:
+            failed.append(shard)
+            raise RuntimeError("injected pump fault")
+        original(self, shard, *args)
+
+    monkeypatch.setattr(LedgerClient, "_to_batcher", flaky)
+    writers = await start_writers(heal_db)
+    nc = await nats.connect(heal_db.nats_url)
+    client = LedgerClient(heal_db, nc)
+    await client.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="gateway.ledger_client"):
+            cmd = command(Kind.DEPOSIT, "pumped", "dep-pumped", 900, provider_id="operator")
+            result = await until_result(client, cmd, time.monotonic() + 20)
+        assert failed and result.applied and result.balance == 900 and client.pump_failures == 1
+        assert any(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in caplog.records), caplog.text
+    finally:
+        await client.close()
+        await nc.drain()
+        await stop_writers(writers)
+
+
 async def test_a_command_the_database_refuses_reports_the_real_balance(heal_db: Settings) -> None:
     async with applier_on(heal_db, 0) as applier:
         conn = applier.conn
