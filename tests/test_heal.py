@@ -27,6 +27,7 @@ from ledger.commands import Command, Kind, Result, Status
 from ledger.migrate import migrate_all
 from ledger.puller import Puller
 from ledger.sharding import connect
+from ledger.tasks import Supervisor
 from ledger.writer import BatchApplier, run_writers
 from tests.conftest import running_gateway
 from tests.pgproxy import PgProxy
@@ -397,6 +398,33 @@ async def test_a_gateway_pump_logs_an_unexpected_error_and_carries_on(
         await client.close()
         await nc.drain()
         await stop_writers(writers)
+
+
+async def test_a_supervised_task_that_ends_is_logged_as_a_crash_and_restarted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    stop = asyncio.Event()
+    runs: list[int] = []
+
+    async def loop() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise asyncio.CancelledError  # ended from outside: not a way any loop should end
+        await stop.wait()
+
+    supervisor = Supervisor({"writer-0": loop})
+    supervisor.start()
+    watcher = asyncio.create_task(supervisor.run_until(stop))
+    with caplog.at_level(logging.CRITICAL, logger="ledger.tasks"):
+        await until("the task was restarted", lambda: _at_least(runs, 2), 5)
+    assert supervisor.restarts == {"writer-0": 1} and supervisor.alive() == {"writer-0": True}
+    assert any("writer-0 ended unexpectedly" in r.getMessage() for r in caplog.records), caplog.text
+    stop.set()
+    await asyncio.wait_for(watcher, 5)
+    await supervisor.join()
+
+
+async def _at_least(items: list[int], n: int) -> bool:
+    return len(items) >= n
 
 
 async def test_a_command_the_database_refuses_reports_the_real_balance(heal_db: Settings) -> None:
