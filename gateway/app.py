@@ -35,6 +35,7 @@ from gateway.sessions import SessionStore
 from gateway.settings import SETTINGS_KEY, Settings
 from gateway.state import STATE_KEY, GatewayState
 from gateway.wallet import Wallet
+from ledger import transport
 from ledger.sharding import pools_for
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ def create_app(settings: Settings, providers: list[ProviderConfig]) -> web.Appli
 def _lifecycle(settings: Settings, providers: list[ProviderConfig]):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         nc = await nats.connect(settings.nats_url, name=f"gateway-{settings.instance_id}",
-                                max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+                                max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                **transport.connection_callbacks("gateway"))
         # one immediate retry on a fresh connection: after Redis restarts (``gateway up`` brings it back on
         # the same port) the pooled connections are dead, and the first command on each would fail
         rds = redis.Redis.from_url(settings.redis_url,

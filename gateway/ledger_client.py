@@ -7,6 +7,13 @@ queue, their sojourn time rises and the queue starts shedding new bets, while wi
 deposits still queue. A publish is retried with the same ``Nats-Msg-Id``, so JetStream stores it
 once. Every command awaits its own result with a deadline; a late result is dropped here, and the
 caller's retry meets the ledger's idempotency row.
+
+NATS faults heal here too: the client reconnects forever and resubscribes the reply subject by
+itself; a publish that fails for any reason is retried (same ``Nats-Msg-Id``) until the command's
+deadline, recreating the streams when the server answers that nobody stores the subject (a server
+that came back without its store). A pump survives any error (logged, capped backoff), and one that
+still ends is logged as a crash and restarted. ``stalled_shards`` reports commands waiting longer
+than the readiness bound, per shard.
 """
 
 from __future__ import annotations
@@ -20,9 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import nats
 import nats.errors
-import nats.js.errors
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -34,6 +39,7 @@ from hotpath.backpressure import LANE_BET, LANE_SETTLE, ShardQueue
 from hotpath.batcher import Batch, Batcher, PayloadTooLarge
 from hotpath.shard import shard_for
 from ledger import transport
+from ledger.backoff import Backoff
 from ledger.commands import Command, Kind, Result
 
 log = logging.getLogger(__name__)
@@ -87,13 +93,34 @@ class LedgerClient:
         #: exponentially weighted ledger round trip (s): the "ledger lag" degradation watches
         self.lag_ewma_s = 0.0
         self.closing = False
+        #: pump crashes survived (each logged with its traceback and retried after a backoff)
+        self.pump_failures = 0
+        self._closed = False
+        self._streams_checked = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         await transport.ensure_streams(self.js, self.settings)
         self._sub = await self.nc.subscribe(self.reply_subject, cb=self._on_results)
         for shard in range(self.shards):
-            self._tasks.append(asyncio.create_task(self._pump(shard), name=f"ledger-pump-{shard}"))
+            self._tasks.append(self._start_pump(shard))
+
+    def _start_pump(self, shard: int) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._pump(shard), name=f"ledger-pump-{shard}")
+        task.add_done_callback(functools.partial(self._pump_ended, shard))
+        return task
+
+    def _pump_ended(self, shard: int, task: asyncio.Task[None]) -> None:
+        """A pump only ends when closed; otherwise its shard would silently stop sending: restart it."""
+        if self._closed:
+            return
+        exc = None if task.cancelled() else task.exception()
+        log.critical("ledger pump of shard %d ended unexpectedly; restarting it", shard, exc_info=exc)
+        asyncio.get_running_loop().call_later(0.5, self._restart_pump, shard)  # never a restart spin
+
+    def _restart_pump(self, shard: int) -> None:
+        if not self._closed:
+            self._tasks[shard] = self._start_pump(shard)
 
     async def drain(self, timeout_s: float) -> None:
         """Stop taking commands; wait for the queued and in-flight ones to be answered."""
@@ -103,6 +130,7 @@ class LedgerClient:
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -119,6 +147,21 @@ class LedgerClient:
 
     def shedding(self) -> bool:
         return any(st.queue.shedding for st in self._state)
+
+    def stalled_shards(self, max_age_s: float) -> dict[int, float]:
+        """Shard → age (s) of its oldest command still awaiting its result, where older than ``max_age_s``.
+        Commands wait in arrival order, so when the oldest of all is young enough this costs one look."""
+        now = time.monotonic_ns()
+        limit = int(max_age_s * 1e9)
+        first = next(iter(self._waiting.values()), None)
+        if first is None or now - first.enqueued_ns <= limit:
+            return {}
+        out: dict[int, float] = {}
+        for pending in list(self._waiting.values()):
+            if now - pending.enqueued_ns <= limit:
+                break
+            out.setdefault(self.shard_of(pending.cmd.player_id), (now - pending.enqueued_ns) / 1e9)
+        return out
 
     async def submit(self, cmd: Command) -> Result:
         """Send one command to its shard's writer and await its result (raises Retryable)."""
@@ -161,28 +204,40 @@ class LedgerClient:
         is full they wait in the queue, where their sojourn time drives shedding."""
         st = self._state[shard]
         batcher = self._batchers[shard]
+        backoff = Backoff(0.05, 2.0)
         while True:
-            st.wake.clear()
-            now = time.monotonic_ns()
-            free = (self.max_inflight - st.inflight) * self.settings.batch_max_commands - batcher.pending(0)
-            if free > 0:
-                # bulk hand-over (one C call each): never more than the free slots can carry, so what is
-                # left keeps standing in the queue, where its sojourn time drives shedding
-                taken = st.queue.take_many(now, free)
-                if taken:
-                    self._to_batcher(shard, batcher, taken, now)
-            if st.inflight == 0:
-                for batch in batcher.flush_all():
-                    self._launch(shard, batch)
-            elif st.inflight < self.max_inflight:
-                for batch in batcher.due(now):
-                    self._launch(shard, batch)
-            deadline = batcher.next_deadline_ns() if st.inflight < self.max_inflight else None
-            if deadline is None:
-                await st.wake.wait()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(st.wake.wait(), max(0.0, (deadline - time.monotonic_ns()) / 1e9))
+            try:
+                await self._pump_once(shard, st, batcher)
+                backoff.reset()
+            except Exception:
+                self.pump_failures += 1
+                delay = backoff.next()
+                log.exception("ledger pump of shard %d failed; carrying on in %.2f s", shard, delay)
+                await asyncio.sleep(delay)
+
+    async def _pump_once(self, shard: int, st: _ShardState, batcher: Batcher) -> None:
+        """One turn: hand queued commands to the batcher, launch what is due, wait for the next event."""
+        st.wake.clear()
+        now = time.monotonic_ns()
+        free = (self.max_inflight - st.inflight) * self.settings.batch_max_commands - batcher.pending(0)
+        if free > 0:
+            # bulk hand-over (one C call each): never more than the free slots can carry, so what is
+            # left keeps standing in the queue, where its sojourn time drives shedding
+            taken = st.queue.take_many(now, free)
+            if taken:
+                self._to_batcher(shard, batcher, taken, now)
+        if st.inflight == 0:
+            for batch in batcher.flush_all():
+                self._launch(shard, batch)
+        elif st.inflight < self.max_inflight:
+            for batch in batcher.due(now):
+                self._launch(shard, batch)
+        deadline = batcher.next_deadline_ns() if st.inflight < self.max_inflight else None
+        if deadline is None:
+            await st.wake.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(st.wake.wait(), max(0.0, (deadline - time.monotonic_ns()) / 1e9))
 
     def _to_batcher(self, shard: int, batcher: Batcher, items: list[object], now: int) -> None:
         live = [p for p in items if isinstance(p, _Pending)
@@ -225,15 +280,31 @@ class LedgerClient:
                 await self.js.publish(subject, body, headers=headers, timeout=max(0.05, deadline - time.monotonic()))
                 self.published += 1
                 break
-            except (nats.errors.TimeoutError, nats.js.errors.APIError, nats.errors.NoRespondersError) as exc:
+            except Exception as exc:  # timeouts, disconnected, stream gone, ...: same message id again
+                if isinstance(exc, nats.errors.NoRespondersError):
+                    await self._recreate_streams()
+                elif not isinstance(exc, nats.errors.Error):
+                    log.exception("batch %s to shard %d: unexpected publish failure", msg_id, shard)
                 if time.monotonic() >= deadline:
-                    log.warning("batch %s to shard %d not stored after %d attempts: %s",
-                                msg_id, shard, attempt + 1, exc)
+                    log.warning("batch %s to shard %d not stored after %d attempts: %s: %s",
+                                msg_id, shard, attempt + 1, type(exc).__name__, exc)
                     return
                 await asyncio.sleep(min(0.05 * (attempt + 1), 0.25))
         if futures:
             remaining = max(0.0, deadline - time.monotonic())
             await asyncio.wait(futures, timeout=remaining)
+
+    async def _recreate_streams(self) -> None:
+        """Nobody stores the subject: NATS came back without its store. Recreate (at most once a second)."""
+        now = time.monotonic()
+        if now - self._streams_checked < 1.0:
+            return
+        self._streams_checked = now
+        try:
+            await transport.ensure_streams(self.js, self.settings)
+            log.warning("ledger stream was missing on NATS; recreated it")
+        except Exception as exc:
+            log.warning("ledger stream missing and not recreated yet: %s: %s", type(exc).__name__, exc)
 
     async def _on_results(self, msg: Msg) -> None:
         for row in orjson.loads(msg.data):

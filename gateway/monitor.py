@@ -6,6 +6,8 @@ are refused globally until it has been calm as long again.
 Provider health: each provider with a ``health_url`` is polled; ``health_fail_threshold`` failures
 in a row put that provider in ``no_new_sessions``, ``health_ok_threshold`` successes lift it
 (hysteresis, so a flapping endpoint doesn't flap the mode).
+Both loops survive any error (logged with its traceback, retried after a capped backoff): a dead
+watcher would leave the modes frozen without anyone noticing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from gateway.degradation import NO_NEW_SESSIONS, NORMAL
+from ledger.backoff import Backoff
 
 if TYPE_CHECKING:
     from gateway.state import GatewayState
@@ -49,9 +52,15 @@ class Monitor:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _pressure_loop(self) -> None:
+        backoff = Backoff(0.25, 5.0)
         while True:
-            self.check_pressure(time.monotonic())
-            await asyncio.sleep(0.25)
+            try:
+                self.check_pressure(time.monotonic())
+                backoff.reset()
+                await asyncio.sleep(0.25)
+            except Exception:
+                log.exception("ledger pressure watcher failed; carrying on")
+                await asyncio.sleep(backoff.next())
 
     def check_pressure(self, now: float) -> None:
         st = self.state
@@ -73,10 +82,17 @@ class Monitor:
 
     async def _health_loop(self, providers: list, interval: float) -> None:  # type: ignore[type-arg]
         timeout = aiohttp.ClientTimeout(total=max(1.0, interval / 2))
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            while True:
-                await asyncio.gather(*(self._poll(http, p) for p in providers))
-                await asyncio.sleep(interval)
+        backoff = Backoff(interval, max(interval, 60.0))
+        while True:
+            try:
+                async with aiohttp.ClientSession(timeout=timeout) as http:
+                    while True:
+                        await asyncio.gather(*(self._poll(http, p) for p in providers))
+                        backoff.reset()
+                        await asyncio.sleep(interval)
+            except Exception:
+                log.exception("provider health watcher failed; carrying on")
+                await asyncio.sleep(backoff.next())
 
     async def _poll(self, http: aiohttp.ClientSession, provider) -> None:  # type: ignore[no-untyped-def]
         try:

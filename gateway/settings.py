@@ -99,6 +99,9 @@ class Settings:
     health_poll_ms: int = 5000
     health_fail_threshold: int = 3
     health_ok_threshold: int = 2
+    #: /readyz of the gateway and the writers is 503 while a shard's oldest pending command is older
+    #: than this (a stalled writer or transport); 0 turns the check off
+    ready_max_pending_age_s: int = 10
 
     # --- responsible gaming ----------------------------------------------------------------------
     rg_cooling_off_s: int = 24 * 3600
@@ -145,6 +148,7 @@ class Settings:
              "must be 1..3600 and not below up_restart_delay_ms")
         need(self.up_restart_stable_s >= 1, "up_restart_stable_s", "must be at least 1")
         need(1 <= self.up_restart_max_quick <= 1000, "up_restart_max_quick", "must be 1..1000")
+        need(0 <= self.ready_max_pending_age_s <= 86_400, "ready_max_pending_age_s", "must be 0 (off)..86400")
         need(self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}, "log_level",
              "must be DEBUG, INFO, WARNING or ERROR")
         for name in ("rl_player_per_s", "rl_round_per_s", "rl_provider_per_s", "rl_brand_per_s",

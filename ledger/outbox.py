@@ -5,23 +5,30 @@ the database. A relay that dies after publishing and before moving the cursor pu
 events again, and the EVENTS stream's duplicate window drops them: at-least-once from the table,
 exactly-once into the stream within the window. One relay is active per shard (an advisory lock);
 it may run inside the writer process or as a process of its own (``gateway relay``), woken by the
-writer's NOTIFY at commit, with a slow poll as the fallback.
+writer's NOTIFY at commit, with a slow poll as the fallback. Any failure (database or NATS gone,
+the EVENTS stream missing after NATS lost its store, anything unexpected) is logged and retried
+after a capped backoff; the loop ends only when told to stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Sequence
 
 import asyncpg
+import nats.errors
+import nats.js.errors
 import orjson
 from nats.js import JetStreamContext
 
 from gateway.settings import Settings
 from ledger import transport
+from ledger.backoff import Backoff
 from ledger.sharding import connect, schema_for
+from ledger.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -53,36 +60,48 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
-        poll = self.settings.outbox_poll_ms / 1000
+        backoff = Backoff(0.1, 5.0)
         while not self._stop.is_set():
             try:
-                conn = await connect(self.dsn, self.shard)
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("outbox %d: cannot connect (%s)", self.shard, exc)
-                await asyncio.sleep(1.0)
-                continue
-            try:
-                while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", relay_lock_key(self.settings,
-                                                                                                  self.shard)):
-                    try:
-                        await asyncio.wait_for(self._stop.wait(), 1.0)
-                    except TimeoutError:
-                        continue
-                    return
-                await conn.add_listener(f"gw_outbox_{schema_for(self.shard)}", self._notified)
-                while not self._stop.is_set():
-                    moved = await self.relay_once(conn)
-                    if moved < self.batch:
-                        self._wake.clear()
-                        try:
-                            await asyncio.wait_for(self._wake.wait(), poll)
-                        except TimeoutError:
-                            pass
+                await self._run_once(backoff)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("outbox %d: %s; retrying", self.shard, exc)
-                await asyncio.sleep(0.5)
-            finally:
-                await conn.close()
+                log.warning("outbox %d: database unreachable (%s: %s); retrying", self.shard, type(exc).__name__, exc)
+            except (nats.errors.NoRespondersError, nats.js.errors.NotFoundError) as exc:
+                log.warning("outbox %d: EVENTS stream missing (%s); recreating it", self.shard, type(exc).__name__)
+                with contextlib.suppress(Exception):
+                    await transport.ensure_streams(self.js, self.settings)
+            except nats.errors.Error as exc:
+                log.warning("outbox %d: NATS unavailable (%s: %s); retrying", self.shard, type(exc).__name__, exc)
+            except Exception:
+                log.exception("outbox %d: unexpected failure; retrying", self.shard)
+            await self._sleep(backoff.next())
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def _run_once(self, backoff: Backoff) -> None:
+        poll = self.settings.outbox_poll_ms / 1000
+        conn = await connect(self.dsn, self.shard)
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", relay_lock_key(self.settings,
+                                                                                              self.shard)):
+                await self._sleep(1.0)
+                if self._stop.is_set():
+                    return
+            await conn.add_listener(f"gw_outbox_{schema_for(self.shard)}", self._notified)
+            while not self._stop.is_set():
+                moved = await self.relay_once(conn)
+                backoff.reset()
+                if moved < self.batch:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), poll)
+                    except TimeoutError:
+                        pass
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
 
     async def relay_once(self, conn: asyncpg.Connection) -> int:
         cursor = await conn.fetchval("SELECT last_seq FROM outbox_cursor WHERE id = 1")
@@ -106,20 +125,21 @@ class OutboxRelay:
 
 
 async def run_relays(settings: Settings, shards: Sequence[int], stop: asyncio.Event) -> None:
-    """Run the outbox relays of ``shards`` in this process until ``stop`` is set."""
-    import nats
-
+    """Run the outbox relays of ``shards`` in this process until ``stop`` is set; one that ends before
+    is a crash, logged at CRITICAL and restarted."""
     dsns = settings.shard_dsns()
     nc = await nats.connect(settings.nats_url, name=f"outbox-relay-{settings.instance_id}",
-                            max_reconnect_attempts=-1)
+                            max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                            **transport.connection_callbacks("outbox relay"))
     js = nc.jetstream()
     await transport.ensure_streams(js, settings)
     relays = [OutboxRelay(settings, shard, dsns[shard], js) for shard in shards]
-    tasks = [asyncio.create_task(r.run(), name=f"outbox-{r.shard}") for r in relays]
+    supervisor = Supervisor({f"outbox-{r.shard}": r.run for r in relays})
+    supervisor.start()
     try:
-        await stop.wait()
+        await supervisor.run_until(stop)
     finally:
         for r in relays:
             r.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await supervisor.join()
         await nc.drain()

@@ -5,9 +5,20 @@ its writer acks it), ``discard: new`` (a full stream refuses new batches rather 
 settlements) and a duplicate window so a publish retried with the same ``Nats-Msg-Id`` is stored once.
 ``EVENTS``: ``events.<tenant>.<brand>.<type>``, limits retention, the outbox relay's destination.
 A namespace prefix lets several deployments or test runs share one NATS server.
+
+Both streams and the writers' durable consumers are (re)created idempotently at start-up and again
+whenever a process finds them missing (a NATS server that came back without its store), so the
+ledger heals without an operator. ``stalled_shards`` is the readiness probes' measure of a stuck
+shard: with work-queue retention a batch leaves the stream when its writer acks it, so the oldest
+message still on a shard's subject is its oldest command not yet committed and answered.
 """
 
 from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
 
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -21,6 +32,8 @@ from nats.js.api import (
 )
 
 from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
 
 REPLY_HEADER = "Gw-Reply"
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -81,3 +94,48 @@ def consumer_config(settings: Settings, shard: int) -> ConsumerConfig:
         max_ack_pending=10_000,
         max_waiting=16,
     )
+
+
+async def ensure_consumer(js: JetStreamContext, settings: Settings, shard: int) -> None:
+    """Create the shard writers' durable consumer (a no-op when it exists with this config)."""
+    await js.add_consumer(stream_name(settings, settings.stream_name), consumer_config(settings, shard))
+
+
+async def _oldest_age_s(js: JetStreamContext, stream: str, subject: str, now: float) -> float | None:
+    try:
+        msg = await js.get_msg(stream, seq=0, subject=subject, next=True)
+    except nats.js.errors.NotFoundError:
+        return None
+    return max(0.0, now - msg.time.timestamp()) if msg.time is not None else None
+
+
+async def stalled_shards(js: JetStreamContext, settings: Settings, shards: Iterable[int],
+                         max_age_s: float) -> dict[int, float]:
+    """Shard → age (s) of its oldest command still in the LEDGER stream, for those older than
+    ``max_age_s``. One request when nothing is old (the stream's oldest message across all shards);
+    one per shard only while something is. Ages come from the server's clock, so hosts must keep
+    their clocks in sync (NTP) for the bound to mean what it says."""
+    stream = stream_name(settings, settings.stream_name)
+    now = time.time()
+    oldest = await _oldest_age_s(js, stream, f"{subject_prefix(settings)}ledger.cmd.*", now)
+    if oldest is None or oldest <= max_age_s:
+        return {}
+    wanted = list(shards)
+    ages = await asyncio.gather(*(_oldest_age_s(js, stream, cmd_subject(settings, s), now) for s in wanted))
+    return {s: age for s, age in zip(wanted, ages, strict=True) if age is not None and age > max_age_s}
+
+
+def connection_callbacks(who: str) -> dict[str, Callable[..., Awaitable[None]]]:
+    """nats.connect() callbacks that log each disconnect, reconnect and error in one line (the client's
+    default logs a traceback for every failed reconnect attempt, burying the one line that matters)."""
+
+    async def error_cb(exc: Exception) -> None:
+        log.warning("%s: NATS: %s: %s", who, type(exc).__name__, exc)
+
+    async def disconnected_cb() -> None:
+        log.warning("%s: NATS disconnected; reconnecting", who)
+
+    async def reconnected_cb() -> None:
+        log.warning("%s: NATS reconnected", who)
+
+    return {"error_cb": error_cb, "disconnected_cb": disconnected_cb, "reconnected_cb": reconnected_cb}

@@ -7,11 +7,19 @@ batch's hash-chain link in ONE transaction, commits, publishes one result per co
 subject each batch names, and only then acks. A writer killed between commit and ack is harmless:
 JetStream redelivers the batch and every command meets its own idempotency row, answering the
 original outcome.
+
+Faults heal in place. A writer that loses its database or NATS mid-batch neither acks nor answers:
+it NAKs what it holds (so the batch comes straight back, to be reapplied idempotently), reconnects
+with capped exponential backoff and carries on; so does any unexpected exception (logged with its
+traceback). Pull requests are renewed after a NATS reconnect, and the stream and consumer are
+recreated when a server came back without them. A writer task that still ends is a crash that
+``run_writers`` logs loudly and restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -22,6 +30,7 @@ from typing import Any
 
 import asyncpg
 import nats
+import nats.errors
 import orjson
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -30,15 +39,24 @@ from nats.js import JetStreamContext
 
 from gateway.settings import Settings
 from ledger import chain, store, transport
+from ledger.backoff import Backoff
 from ledger.commands import Command, InvalidCommand, Result, Status
 from ledger.outbox import OutboxRelay
 from ledger.puller import Puller
 from ledger.rules import Engine, utc_day
 from ledger.sharding import connect
+from ledger.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
-_CONNECTION_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, ConnectionError)
+#: the database is unreachable, restarting or out of resources: nothing about the batch itself, so it is
+#: retried on a new connection and never refused (57P01-03 "terminating connection due to
+#: administrator command" / "the database system is starting up", 53xxx too many connections)
+_CONNECTION_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, ConnectionError,
+                      asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError)
+
+_BALANCE_SQL = """SELECT b.balance FROM accounts a JOIN balances b USING (account_id)
+                   WHERE a.kind = 'player' AND a.brand_id = $1 AND a.player_id = $2 AND a.currency = $3"""
 
 
 def writer_lock_key(settings: Settings, shard: int) -> int:
@@ -92,8 +110,12 @@ class BatchApplier:
                 self._head = None
                 break
         if len(cmds) == 1:
-            log.error("shard %d: command %s refused by the database", self.shard, cmds[0].cmd_id, exc_info=failure)
-            return BatchOutcome([_bad(cmds[0], "refused by the ledger database")], 0, 0)
+            cmd = cmds[0]
+            log.error("shard %d: command %s refused by the database", self.shard, cmd.cmd_id, exc_info=failure)
+            # the balance now (the failed transaction left it as it was), never a made-up zero
+            balance = await self.conn.fetchval(_BALANCE_SQL, cmd.brand_id, cmd.player_id, cmd.currency)
+            return BatchOutcome([Result(cmd.cmd_id, Status.BAD_COMMAND, int(balance or 0), cmd.currency, 0, False,
+                                        "refused by the ledger database")], 0, 0)
         log.warning("shard %d: batch of %d failed, applying one by one", self.shard, len(cmds))
         results: list[Result] = []
         for cmd in cmds:
@@ -120,10 +142,6 @@ class BatchApplier:
         return BatchOutcome(results, batch_seq, len(m.events))
 
 
-def _bad(cmd: Command, detail: str) -> Result:
-    return Result(cmd.cmd_id, Status.BAD_COMMAND, 0, cmd.currency, 0, False, detail)
-
-
 def decode_batch(data: bytes) -> tuple[list[Command], list[Result]]:
     """A batch body is a JSON array of command objects; bad ones are answered, never applied."""
     good: list[Command] = []
@@ -144,7 +162,7 @@ def decode_batch(data: bytes) -> tuple[list[Command], list[Result]]:
 
 
 class ShardWriter:
-    """Pull loop of one shard: lock, fetch, apply, reply, ack."""
+    """Pull loop of one shard: lock, fetch, apply, reply, ack; reconnects after any failure."""
 
     def __init__(self, settings: Settings, shard: int, dsn: str, nc: NATS, *, relay: bool = True) -> None:
         self.settings = settings
@@ -156,21 +174,41 @@ class ShardWriter:
         self.batches = 0
         self.apply_seconds = 0.0
         self.active = False
+        #: failures the loop survived (database or NATS lost, unexpected errors), for /metrics
+        self.failures = 0
         self._stop = asyncio.Event()
         self.relay: OutboxRelay | None = None
         self.with_relay = relay
+        self._relay_task: asyncio.Task[None] | None = None
+        self._backoff = Backoff(0.1, 5.0)
+        self._active_since = float("inf")
 
     def stop(self) -> None:
         self._stop.set()
 
     async def run(self) -> None:
+        """Until stopped, whatever happens: every failure is logged and retried after a backoff."""
         while not self._stop.is_set():
             try:
                 await self._run_once()
             except _CONNECTION_ERRORS as exc:
+                self.failures += 1
+                log.warning("shard %d writer lost its database (%s: %s); reconnecting", self.shard,
+                            type(exc).__name__, exc)
+            except nats.errors.Error as exc:
+                self.failures += 1
+                log.warning("shard %d writer lost NATS (%s: %s); restarting its loop", self.shard,
+                            type(exc).__name__, exc)
+            except Exception:
+                self.failures += 1
+                log.exception("shard %d writer failed unexpectedly; restarting its loop", self.shard)
+            finally:
                 self.active = False
-                log.warning("shard %d writer lost its database (%s); reconnecting", self.shard, exc)
-                await self._sleep(1.0)
+            if time.monotonic() - self._active_since > 10.0:
+                self._backoff.reset()  # it ran well for a while: this is a new fault, retry fast again
+            self._active_since = float("inf")
+            if not self._stop.is_set():
+                await self._sleep(self._backoff.next())
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -189,28 +227,59 @@ class ShardWriter:
                 if self._stop.is_set():
                     return
             self.active = True
+            self._active_since = time.monotonic()
             log.info("shard %d: writer active", self.shard)
             applier = BatchApplier(conn, self.shard, self.settings)
-            relay_task = None
-            if self.with_relay:
-                self.relay = OutboxRelay(self.settings, self.shard, self.dsn, self.js)
-                relay_task = asyncio.create_task(self.relay.run(), name=f"outbox-{self.shard}")
+            self._start_relay()
             try:
                 await self._pull_loop(applier)
             finally:
-                if self.relay is not None and relay_task is not None:
+                if self.relay is not None and self._relay_task is not None:
                     self.relay.stop()
-                    await asyncio.gather(relay_task, return_exceptions=True)
+                    await asyncio.gather(self._relay_task, return_exceptions=True)
+                    self._relay_task = None
         finally:
             self.active = False
-            await conn.close()
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
+
+    def _start_relay(self) -> None:
+        if self.with_relay:
+            self.relay = OutboxRelay(self.settings, self.shard, self.dsn, self.js)
+            self._relay_task = asyncio.create_task(self.relay.run(), name=f"outbox-{self.shard}")
+
+    def _check_relay(self) -> None:
+        """The relay loop survives errors by itself; one that still ended is a crash: say so, restart."""
+        task = self._relay_task
+        if task is not None and task.done():
+            exc = None if task.cancelled() else task.exception()
+            log.critical("shard %d: outbox relay task ended unexpectedly; restarting it", self.shard, exc_info=exc)
+            self._start_relay()
+
+    async def _ensure_transport(self) -> None:
+        """Recreate the stream and this shard's consumer (idempotent), e.g. after NATS lost its store."""
+        await transport.ensure_streams(self.js, self.settings)
+        await transport.ensure_consumer(self.js, self.settings, self.shard)
 
     async def _pull_loop(self, applier: BatchApplier) -> None:
         puller = Puller(self.nc, transport.stream_name(self.settings, self.settings.stream_name),
                         transport.durable_name(self.settings, self.shard), self.settings.writer_fetch_msgs)
         await puller.start()
+        epoch = self.nc.stats["reconnects"]
         try:
             while not self._stop.is_set():
+                if puller.missing or self.nc.stats["reconnects"] != epoch:
+                    # after a reconnect the server may have come back without its store
+                    epoch = self.nc.stats["reconnects"]
+                    try:
+                        await self._ensure_transport()
+                        puller.missing = False
+                    except Exception as exc:
+                        log.warning("shard %d: cannot recreate the stream and consumer yet (%s: %s)", self.shard,
+                                    type(exc).__name__, exc)
+                        await self._sleep(self._backoff.next())
+                        continue
+                self._check_relay()
                 msgs = await puller.next(0.5)
                 if msgs:
                     await self.process(applier, msgs)
@@ -218,6 +287,21 @@ class ShardWriter:
             await puller.stop()
 
     async def process(self, applier: BatchApplier, msgs: Sequence[Msg]) -> None:
+        """Apply, answer, ack; if anything fails before the acks, NAK the lot so it comes back at once
+        (reapplying it is idempotent) and let the error restart the loop."""
+        try:
+            await self._process(applier, msgs)
+        except BaseException:
+            for msg in msgs:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+            raise
+        try:
+            await self.nc.flush(timeout=2)
+        except nats.errors.Error as exc:  # acks stay buffered until reconnected; lost ones mean a redelivery
+            log.warning("shard %d: acks not flushed (%s); NATS unreachable", self.shard, type(exc).__name__)
+
+    async def _process(self, applier: BatchApplier, msgs: Sequence[Msg]) -> None:
         cmds: list[Command] = []
         replies: dict[str, str] = {}
         answers: defaultdict[str, list[list[Any]]] = defaultdict(list)
@@ -247,36 +331,40 @@ class ShardWriter:
             await self.nc.publish(reply, orjson.dumps(rows))
         for msg in msgs:
             await msg.ack()
-        await self.nc.flush()
 
 
 async def run_writers(settings: Settings, shards: Sequence[int], stop: asyncio.Event, *, relay: bool = True) -> None:
     """Run the writers of ``shards`` in this process until ``stop`` is set (with their outbox relays
-    unless ``relay`` is off, for when ``gateway relay`` runs them in a process of their own)."""
+    unless ``relay`` is off, for when ``gateway relay`` runs them in a process of their own). A writer
+    task that ends before ``stop`` is a crash: logged at CRITICAL and restarted (``tasks.Supervisor``)."""
     dsns = settings.shard_dsns()
     nc = await nats.connect(settings.nats_url, name=f"ledger-writer-{settings.instance_id}",
-                            max_reconnect_attempts=-1)
+                            max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                            **transport.connection_callbacks("ledger writer"))
     js = nc.jetstream()
     await transport.ensure_streams(js, settings)
     for shard in shards:
-        await js.add_consumer(transport.stream_name(settings, settings.stream_name),
-                              transport.consumer_config(settings, shard))
+        await transport.ensure_consumer(js, settings, shard)
     writers = [ShardWriter(settings, shard, dsns[shard], nc, relay=relay) for shard in shards]
-    tasks = [asyncio.create_task(w.run(), name=f"writer-{w.shard}") for w in writers]
-    runner = await serve_health(settings, nc, writers) if settings.writer_http_port else None
+    supervisor = Supervisor({f"writer-{w.shard}": w.run for w in writers})
+    supervisor.start()
+    runner = await serve_health(settings, nc, writers, supervisor) if settings.writer_http_port else None
     try:
-        await stop.wait()
+        await supervisor.run_until(stop)
     finally:
         for w in writers:
             w.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await supervisor.join()
         if runner is not None:
             await runner.cleanup()
         await nc.drain()
 
 
-async def serve_health(settings: Settings, nc: NATS, writers: Sequence[ShardWriter]) -> web.AppRunner:
-    """/healthz (alive), /readyz (NATS up and every shard's writer holding its lock) and /metrics."""
+async def serve_health(settings: Settings, nc: NATS, writers: Sequence[ShardWriter],
+                       supervisor: Supervisor | None = None) -> web.AppRunner:
+    """/healthz (alive), /readyz (NATS up, every shard's writer holding its lock, and no shard's oldest
+    command older than ``ready_max_pending_age_s``) and /metrics."""
+    js = nc.jetstream()
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -284,16 +372,31 @@ async def serve_health(settings: Settings, nc: NATS, writers: Sequence[ShardWrit
     async def readyz(request: web.Request) -> web.Response:
         shards = {str(w.shard): "active" if w.active else "standby" for w in writers}
         ready = nc.is_connected and all(w.active for w in writers)
-        return web.json_response({"status": "ready" if ready else "not ready", "nats": nc.is_connected,
-                                  "shards": shards}, status=200 if ready else 503)
+        body: dict[str, Any] = {"nats": nc.is_connected, "shards": shards}
+        bound = settings.ready_max_pending_age_s
+        if bound and nc.is_connected:
+            try:
+                stalled = await asyncio.wait_for(
+                    transport.stalled_shards(js, settings, [w.shard for w in writers], bound), 2.0)
+            except Exception as exc:
+                ready = False
+                body["pending"] = f"unknown: {type(exc).__name__}: {exc}"[:200]
+            else:
+                body["stalled"] = {str(s): round(age, 1) for s, age in stalled.items()}
+                ready = ready and not stalled
+        body["status"] = "ready" if ready else "not ready"
+        return web.json_response(body, status=200 if ready else 503)
 
     async def metrics(request: web.Request) -> web.Response:
         lines = ["# TYPE ledger_writer_applied_total counter"]
+        restarts = supervisor.restarts if supervisor is not None else {}
         for w in writers:
             lines.append(f'ledger_writer_applied_total{{shard="{w.shard}"}} {w.applied}')
             lines.append(f'ledger_writer_batches_total{{shard="{w.shard}"}} {w.batches}')
             lines.append(f'ledger_writer_apply_seconds_total{{shard="{w.shard}"}} {w.apply_seconds:.6f}')
             lines.append(f'ledger_writer_active{{shard="{w.shard}"}} {int(w.active)}')
+            lines.append(f'ledger_writer_failures_total{{shard="{w.shard}"}} {w.failures}')
+            lines.append(f'ledger_writer_restarts_total{{shard="{w.shard}"}} {restarts.get(f"writer-{w.shard}", 0)}')
             published = w.relay.published if w.relay else 0
             lines.append(f'ledger_outbox_published_total{{shard="{w.shard}"}} {published}')
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")

@@ -251,8 +251,8 @@ async def _operator(http: aiohttp.ClientSession, base: str, method: str, path: s
         await asyncio.sleep(0.3)
 
 
-async def _wait_ready(http: aiohttp.ClientSession, stack: Stack, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_ready(http: aiohttp.ClientSession, stack: Stack) -> None:
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         assert not stack.dead_children(), stack.dead_children()
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):

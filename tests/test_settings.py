@@ -37,6 +37,7 @@ def test_unknown_and_bad_keys_are_all_named() -> None:
         ({"GATEWAY_UP_RESTART_DELAY_MS": "5000", "GATEWAY_UP_RESTART_DELAY_MAX_S": "2"}, "UP_RESTART_DELAY_MAX_S"),
         ({"GATEWAY_UP_RESTART_STABLE_S": "0"}, "UP_RESTART_STABLE_S"),
         ({"GATEWAY_UP_RESTART_MAX_QUICK": "0"}, "UP_RESTART_MAX_QUICK"),
+        ({"GATEWAY_READY_MAX_PENDING_AGE_S": "-1"}, "READY_MAX_PENDING_AGE_S"),
     ],
 )
 def test_validation(env: dict[str, str], needle: str) -> None:
