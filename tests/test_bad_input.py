@@ -263,7 +263,7 @@ async def _metric(api: Api, name: str) -> float:
 
 
 async def _until(check: Any, attempts: int = 200) -> None:
-    """Wait (bounded: ``attempts`` × 50 ms) until ``await check()`` is true."""
+    """Wait (bounded: ``attempts`` times 50 ms) until ``await check()`` is true."""
     for _ in range(attempts):
         if await check():
             return
