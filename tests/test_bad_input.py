@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
 from adapters.native import SIGNATURE_HEADER, sign
+from gateway import embedded
+from gateway.settings import Settings
 from tests.support import (
     DEMO_SECRET,
     EVOLUTION_TOKEN,
@@ -372,3 +380,43 @@ async def test_slow_body_gets_the_protocols_retryable_answer(make_gateway: Any, 
         code = {"native": lambda: body["code"], "operator": lambda: body["error"]["code"],
                 "pragmatic": lambda: body["error"]}.get(protocol, lambda: body["status"])()
         assert (status, code) == expected, body
+
+
+@pytest.mark.slow
+async def test_gateway_serve_applies_the_deadlines_in_every_worker(writers: Settings, tmp_path: Path) -> None:
+    """``gateway serve --workers 2`` serves through the same runner: idle connections and trickling headers
+    are cut in every worker process (connections spread over both through SO_REUSEPORT)."""
+    port = embedded.free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env |= writers.replace(http_port=port, http_idle_timeout_s=1, http_header_timeout_s=1, workers=2,
+                           log_level="WARNING").env()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "serve", env=env, stdout=out,
+                                                    stderr=subprocess.STDOUT)
+        try:
+            async with aiohttp.ClientSession() as http:
+                for _ in range(300):  # up to 60 s for both workers to start
+                    assert proc.returncode is None, log.read_text()
+                    try:
+                        async with http.get(base + "/healthz") as resp:
+                            if resp.status == 200:
+                                break
+                    except aiohttp.ClientConnectionError:
+                        pass
+                    await asyncio.sleep(0.2)
+                else:
+                    raise AssertionError(log.read_text())
+                await asyncio.sleep(2)  # the second worker too
+                conns = [await open_raw(base) for _ in range(16)]
+                for _, w in conns[8:]:  # these start a request and trickle it
+                    w.write(b"GET /healthz HTTP/1.1\r\nHost: g\r\nX-Slow: ")
+                closed = await asyncio.gather(*(closed_by_server(r, within_s=15) for r, _ in conns))
+                for _, w in conns:
+                    w.close()
+                assert all(closed), f"{closed.count(False)} of {len(closed)} connections stayed open"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(proc.wait(), 60)
+    assert code == 0, log.read_text()

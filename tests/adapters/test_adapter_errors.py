@@ -17,10 +17,11 @@ from adapters.base import Adapter
 from adapters.evolution import EvolutionAdapter
 from adapters.flow import Call, code_for
 from adapters.hub88 import Hub88Adapter
-from adapters.jsonwire import Raw, dumps, loads_exact, money, obj
+from adapters.jsonwire import DuplicateKey, Raw, dumps, loads_exact, money, obj
 from adapters.pragmatic import DESCRIPTIONS, PragmaticAdapter
 from adapters.pragmatic import sign as pragmatic_sign
 from gateway import errors as e
+from gateway.http import unique_keys
 from ledger.commands import INT64_MAX, Result, Status
 from tests.support import PRAGMATIC_SECRET
 
@@ -339,3 +340,19 @@ async def test_amounts_above_the_maximum_refused(providers: dict[str, Provider],
     for call in calls:
         assert _answer(protocol, await p.send(call)) == INVALID_AMOUNT[protocol], call.path
     assert await wallet.balance(s) == 100_00 - placed
+
+
+@pytest.mark.parametrize("body", [b'{"a":1,"a":1}', b'{"a":{"b":1,"b":2}}', b'{"a":[{"c":1},{"c":1,"c":2}]}',
+                                  b'{"x:y":1,"a":"b:c","a":2}'])
+def test_duplicate_keys_in_the_exact_parser(body: bytes) -> None:
+    with pytest.raises(DuplicateKey):
+        loads_exact(body)
+    with pytest.raises(e.MalformedBody):
+        unique_keys(body, orjson.loads(body))
+
+
+@pytest.mark.parametrize("body", [b'{"a":1,"b":{"a":1}}', b'{"t":"10:00:00","u":"http://x"}', b'[{"a":1},{"a":2}]',
+                                  b'{"k:":1,":k":2}', b"{}", b"1"])
+def test_same_key_in_different_objects_is_fine(body: bytes) -> None:
+    loads_exact(body)
+    unique_keys(body, orjson.loads(body))  # colons in strings take the careful path, and pass
