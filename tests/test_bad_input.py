@@ -34,6 +34,21 @@ def signed(body: bytes) -> dict[str, str]:
     return {SIGNATURE_HEADER: sign(DEMO_SECRET, body), "Content-Type": "application/json"}
 
 
+async def _metric(api: Api, name: str) -> float:
+    async with api.http.get(api.base + "/metrics") as resp:
+        text = await resp.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+async def _until(check: Any, attempts: int = 200) -> None:
+    """Wait (bounded: ``attempts`` times 50 ms) until ``await check()`` is true."""
+    for _ in range(attempts):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
 @pytest.mark.parametrize(
     ("patch", "code"),
     [
@@ -159,6 +174,7 @@ async def test_control_characters_in_ids_are_refused(api: Api, name: str, bad: s
     """A NUL or other control character in any id is malformed_body at the edge (it used to reach the
     ledger writer, where PostgreSQL refused it and failed the whole batch)."""
     player, token = await api.funded("10.00")
+    published = await _metric(api, "gateway_ledger_batches_published_total")
     body = {"session_token": token, "transaction_id": api.ns + "t", "round_id": api.ns + "r", "amount": "1.00",
             "currency": "EUR", "game_id": "g1"}
     body[name] = f"{body[name]}{bad}x"
@@ -168,6 +184,8 @@ async def test_control_characters_in_ids_are_refused(api: Api, name: str, bad: s
     status, answer = await api.operator("POST", "/v1/wallet/deposit", {
         **player, "player_id": player["player_id"] + bad, "amount": "1.00", "idempotency_key": api.ns + "d"})
     assert (status, answer["error"]["code"]) == (400, "malformed_body"), answer
+    # refused at the edge: nothing went to the ledger (where PostgreSQL refused NUL and failed the batch)
+    assert await _metric(api, "gateway_ledger_batches_published_total") == published
     assert await api.balance(player) == "10.00"
 
 
@@ -264,21 +282,6 @@ async def test_maximum_amount_per_currency(make_gateway: Any, http: Any) -> None
 
 
 # --- clients that hang up or dawdle --------------------------------------------------------------------
-async def _metric(api: Api, name: str) -> float:
-    async with api.http.get(api.base + "/metrics") as resp:
-        text = await resp.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
-
-
-async def _until(check: Any, attempts: int = 200) -> None:
-    """Wait (bounded: ``attempts`` times 50 ms) until ``await check()`` is true."""
-    for _ in range(attempts):
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
-
-
 @pytest.mark.parametrize(("path", "header"), [
     ("/v1/providers/demo/bet", (b"X-Signature", b"00")),
     ("/v1/providers/hub88/transaction/bet", (b"X-Hub88-Signature", b"AA==")),
