@@ -30,6 +30,8 @@ _DEFAULT_BODY_TIMEOUT_S = float(Settings().http_body_timeout_s)
 
 #: phase → requests or connections cut for taking too long (``header``: ``gateway.server``; ``body``: here)
 TIMEOUTS: dict[str, int] = {"header": 0, "body": 0}
+#: requests refused before routing (``malformed``: not valid HTTP; counted by ``gateway.server``)
+REJECTED: dict[str, int] = {"malformed": 0}
 
 
 class ClientDisconnected(Exception):

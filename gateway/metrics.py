@@ -2,7 +2,8 @@
 
 A client that hangs up before its body arrived is not a request the gateway answered: it is counted
 in ``gateway_client_disconnects_total`` (answered 499 to nobody), never as a 5xx, and logged at most at
-debug level. Connections closed for a header or body deadline are ``gateway_http_timeouts_total``.
+debug level. Connections closed for a header or body deadline are ``gateway_http_timeouts_total``;
+requests that are not valid HTTP, ``gateway_http_malformed_total``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections import defaultdict
 from aiohttp import web
 
 from gateway.degradation import MODES
-from gateway.http import TIMEOUTS, ClientDisconnected, Handler
+from gateway.http import REJECTED, TIMEOUTS, ClientDisconnected, Handler
 from gateway.state import STATE_KEY
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
@@ -62,6 +63,8 @@ def render(request: web.Request) -> str:
     lines.append("# TYPE gateway_http_timeouts_total counter")
     for phase, n in sorted(TIMEOUTS.items()):
         lines.append(f'gateway_http_timeouts_total{{phase="{phase}"}} {n}')
+    lines.append("# TYPE gateway_http_malformed_total counter")
+    lines.append(f"gateway_http_malformed_total {REJECTED['malformed']}")
     lines.append("# TYPE gateway_request_duration_seconds histogram")
     for route, counts in sorted(_latency.items()):
         cum = 0

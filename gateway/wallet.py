@@ -11,6 +11,7 @@ bounds of the accounts it moves money between. Balances are read from the shard'
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 import uuid
@@ -37,9 +38,14 @@ def new_traceparent() -> str:
     return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
+#: W3C trace context: version-traceid-parentid-flags, lower-case hex
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
 def valid_traceparent(value: str | None) -> str:
-    """Keep a caller's W3C traceparent when well-formed, else start a new trace."""
-    if value and len(value) == 55 and value[2] == "-" and value.count("-") == 3:
+    """Keep a caller's W3C traceparent when well-formed, else start a new trace (a malformed header, even
+    one with control characters or non-ASCII bytes, never fails the call)."""
+    if value and len(value) == 55 and _TRACEPARENT.fullmatch(value):
         return value
     return new_traceparent()
 

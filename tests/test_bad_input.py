@@ -423,3 +423,38 @@ async def test_gateway_serve_applies_the_deadlines_in_every_worker(writers: Sett
             proc.send_signal(signal.SIGTERM)
             code = await asyncio.wait_for(proc.wait(), 60)
     assert code == 0, log.read_text()
+
+
+@pytest.mark.parametrize("trace", [b"00-" + b"\xff" * 32 + b"-" + b"a" * 16 + b"-01",
+                                   b"00-" + b"A" * 32 + b"-" + b"b" * 16 + b"-01", b"00-zz"])
+async def test_junk_traceparent_starts_a_new_trace(api: Api, trace: bytes) -> None:
+    """A malformed ``traceparent`` (55 bytes with non-ASCII or control bytes) is replaced, never copied into
+    the command, where it used to fail the call."""
+    _, token = await api.funded("10.00")
+    body = orjson.dumps({"session_token": token, "transaction_id": api.ns + "t", "round_id": api.ns + "r",
+                         "amount": "1.00", "currency": "EUR"})
+    status, answer = await raw_http(api.base, http_bytes("POST", "/v1/providers/demo/bet", [
+        (b"X-Signature", sign(DEMO_SECRET, body).encode()), (b"traceparent", trace)], body))
+    assert (status, answer["status"], answer["balance"]) == (200, "OK", "9.00"), answer
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /v1/providers/demo/bet HTTP/1.1\r\nHost: g\r\ntraceparent: 00-\x01\r\nContent-Length: 0\r\n\r\n",
+    b"POST /v1/wallet/deposit HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer \x00key\r\n\r\n",
+    b"GET /v1/wallet/balance?a=\x00 HTTP/1.1\r\nHost: g\r\n\r\n",
+])
+async def test_malformed_http_is_a_quiet_400(api: Api, caplog: pytest.LogCaptureFixture,
+                                             request_bytes: bytes) -> None:
+    """Control bytes where HTTP allows none: the HTTP layer's 400, counted, and no traceback in the error
+    log per hostile request."""
+    before = await _metric(api, "gateway_http_malformed_total")
+    reader, writer = await open_raw(api.base)
+    try:
+        writer.write(request_bytes)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+    finally:
+        writer.close()
+    assert head.split(b" ")[1] == b"400", head
+    assert await _metric(api, "gateway_http_malformed_total") == before + 1
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
