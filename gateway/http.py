@@ -95,7 +95,8 @@ def unique_keys(raw: bytes | str, parsed: Any) -> None:
     strings (or a real duplicate) takes the careful path, a second parse that sees every pair.
     """
     colons = raw.count(b":") if isinstance(raw, bytes) else raw.count(":")
-    if colons == _count_keys(parsed):
+    # a flat object (most calls) is settled by its own length; a nested one needs the walk
+    if (type(parsed) is dict and colons == len(parsed)) or colons == _count_keys(parsed):
         return
     try:
         json.loads(raw, object_pairs_hook=_refuse_duplicates)
