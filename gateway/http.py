@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import errors as E
 from gateway.settings import SETTINGS_KEY, Settings
@@ -73,6 +74,8 @@ async def read_body(request: web.Request) -> bytes:
         raise E.BodyTimeout() from None
     except ConnectionError:
         raise ClientDisconnected() from None
+    except RequestPayloadError:  # broken chunk framing, bad compression: the client's fault
+        raise E.MalformedBody("request body is malformed (transfer encoding)") from None
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:

@@ -12,14 +12,10 @@ to hold one open by sending slowly or not at all:
 - body (``GATEWAY_HTTP_BODY_TIMEOUT_S``): enforced where bodies are read (``gateway.http.read_body``),
   so the caller gets its protocol's retryable answer.
 
-A request that is not even valid HTTP (a control byte in a header, a bad request line) gets aiohttp's
-plain 400 and is counted in ``gateway_http_malformed_total``, logged at debug level only: a client's
-garbage must not write a traceback per request into the error log.
-
-``gateway serve`` (every worker) and the test gateways run the app through ``GatewayRunner``, so they
-behave alike. Handlers are never cancelled when a client goes away (``handler_cancellation=False``): a
-money call already handed to the ledger finishes and its result is recorded whether or not anyone is
-left to read the answer.
+A request that is not even valid HTTP (a control byte in a header, a bad request line, a body that
+cannot be decoded) gets aiohttp's plain 400 (or, once routed, the protocol's bad-syntax answer) and is
+counted in ``gateway_http_malformed_total``, logged at debug level only: a client's garbage must not
+write a traceback per request into the error log.
 """
 
 from __future__ import annotations
@@ -33,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from gateway.http import REJECTED, TIMEOUTS
 from gateway.settings import Settings
@@ -70,7 +66,8 @@ class GatewayRequestHandler(RequestHandler):
         super().connection_lost(exc)
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
-        if isinstance(kw.get("exc_info"), HttpProcessingError):  # the client's malformed HTTP, not our fault
+        # the client's malformed HTTP or body (framing, encoding), not a fault of ours
+        if isinstance(kw.get("exc_info"), HttpProcessingError | RequestPayloadError):
             REJECTED["malformed"] += 1
             self.logger.debug(*args, **kw)
             return

@@ -458,3 +458,20 @@ async def test_malformed_http_is_a_quiet_400(api: Api, caplog: pytest.LogCapture
     assert head.split(b" ")[1] == b"400", head
     assert await _metric(api, "gateway_http_malformed_total") == before + 1
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize(("path", "headers"), [
+    ("/v1/providers/demo/bet", [(b"X-Signature", b"00")]),
+    ("/v1/providers/hub88/transaction/bet", [(b"X-Hub88-Signature", b"AA==")]),
+    ("/v1/wallet/deposit", [(b"Authorization", b"Bearer " + OPERATOR_KEY.encode())]),
+])
+async def test_undecodable_body_is_bad_input(api: Api, caplog: pytest.LogCaptureFixture, path: str,
+                                             headers: list[tuple[bytes, bytes]]) -> None:
+    """A body that cannot be decoded (``Content-Encoding: gzip`` over junk): the protocol's bad-syntax answer,
+    never a 5xx and no error log."""
+    body = b"\x1f\x8b" + b"not gzip at all" * 4
+    status, answer = await raw_http(api.base, http_bytes("POST", path, [(b"Content-Encoding", b"gzip"), *headers],
+                                                         body))
+    assert (status, answer.get("code") or answer.get("status") or answer["error"]["code"]) in (
+        (400, "malformed_body"), (200, "RS_ERROR_WRONG_SYNTAX")), answer
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
