@@ -475,3 +475,14 @@ async def test_undecodable_body_is_bad_input(api: Api, caplog: pytest.LogCapture
     assert (status, answer.get("code") or answer.get("status") or answer["error"]["code"]) in (
         (400, "malformed_body"), (200, "RS_ERROR_WRONG_SYNTAX")), answer
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_deeply_nested_body_is_no_server_error(api: Api) -> None:
+    """Nesting close to the parser's limit, with a colon in a string so the duplicate-key check walks it:
+    an answer in the protocol's format, never a 5xx."""
+    _, token = await api.funded("10.00")
+    deep = b"[" * 990 + b'"a:b"' + b"]" * 990
+    raw = orjson.dumps({"session_token": token, "transaction_id": api.ns + "t", "round_id": api.ns + "r",
+                        "amount": "1.00", "currency": "EUR"})[:-1] + b',"x":' + deep + b"}"
+    status, answer = await api.raw("/v1/providers/demo/bet", raw, signed(raw))
+    assert status < 500, answer
