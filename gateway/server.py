@@ -38,7 +38,7 @@ from gateway.settings import Settings
 class GatewayRequestHandler(RequestHandler):
     """aiohttp's connection handler plus the header and first-request deadlines."""
 
-    __slots__ = ("_deadline", "_deadline_count", "_header_timeout_s", "_idle_timeout_s")
+    __slots__ = ("_deadline", "_header_timeout_s", "_idle_timeout_s", "_phase")
 
     def __init__(self, manager: web.Server, *, header_timeout_s: float, idle_timeout_s: float,
                  **kwargs: Any) -> None:
@@ -46,8 +46,8 @@ class GatewayRequestHandler(RequestHandler):
         self._header_timeout_s = header_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._deadline: asyncio.TimerHandle | None = None
-        #: requests whose headers were complete when the deadline was armed (it concerns the next one)
-        self._deadline_count = 0
+        #: what the armed deadline waits for: "" the first request's first byte (idle), "header" its headers
+        self._phase = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -58,7 +58,7 @@ class GatewayRequestHandler(RequestHandler):
         super().data_received(data)
         if self._request_count != count:  # a request's headers are complete: it is being handled
             self._disarm()
-        elif data and self._idle() and (self._deadline is None or self._deadline_count == -1):
+        elif data and self._idle() and (self._deadline is None or self._phase == ""):
             self._arm(self._header_timeout_s, "header")
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -79,8 +79,7 @@ class GatewayRequestHandler(RequestHandler):
 
     def _arm(self, delay_s: float, phase: str) -> None:
         self._disarm()
-        # -1 marks the connection's first wait (idle, not yet counted as a header phase)
-        self._deadline_count = self._request_count if phase else -1
+        self._phase = phase
         self._deadline = self._loop.call_later(delay_s, self._expired, phase, self._request_count)
 
     def _disarm(self) -> None:
