@@ -16,7 +16,8 @@ from typing import Any, ClassVar, Protocol
 
 from aiohttp import web
 
-from gateway.errors import Forbidden, GatewayError, PayloadTooLarge
+from gateway.errors import Forbidden, GatewayError
+from gateway.http import read_body
 from ledger.commands import Command, Kind, Result
 
 
@@ -119,13 +120,12 @@ class Adapter:
         raise KeyError(f"{cls.__name__} maps no code for {klass.__name__}")
 
     async def read_body(self, request: web.Request) -> bytes:
-        """The raw body of an allowed caller: source network first, then the size bound (413)."""
+        """The raw body of an allowed caller: source network first, then the size bound (413) and the body
+        deadline (``BodyTimeout``); a client gone mid-body raises ``ClientDisconnected``, which the adapter
+        lets through (there is nobody to answer)."""
         if not self.source_allowed(request):
             raise Forbidden("source network not allowed for this provider")
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise PayloadTooLarge() from None
+        return await read_body(request)
 
     def source_allowed(self, request: web.Request) -> bool:
         if not self.config.allowed_networks:

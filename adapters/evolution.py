@@ -24,17 +24,18 @@ import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeGuard
 
 from aiohttp import web
 
 from adapters import flow
 from adapters.base import Adapter, PlayerSession, ProviderConfig, WalletPort
 from adapters.flow import Call
-from adapters.jsonwire import Raw, dumps, loads_exact, money, obj
+from adapters.jsonwire import BadNumber, DuplicateKey, Raw, dumps, loads_exact, money, obj
 from gateway import errors as e
+from gateway.http import ClientDisconnected
 from gateway.money import format_minor, to_minor
-from ledger.commands import Command, Kind, Result
+from ledger.commands import Command, Kind, Result, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,16 @@ class _Answer(Exception):
         self.result = result
 
 
+def _echoable(value: object) -> TypeGuard[str]:
+    """A string the answer may repeat back (``uuid``): what ``_text`` would accept."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_TEXT and clean_text(value)
+
+
 def _text(obj: Mapping[str, Any], name: str, where: str = "") -> str:
     value = obj.get(name)
-    if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
-        raise e.MalformedBody(f"{where}{name} must be a non-empty string of at most {MAX_TEXT} characters")
+    if not _echoable(value):
+        raise e.MalformedBody(f"{where}{name} must be a non-empty string of at most {MAX_TEXT} characters, "
+                              "without control characters")
     return value
 
 
@@ -73,6 +80,8 @@ def _opt_object(obj: Mapping[str, Any], name: str) -> dict[str, Any] | None:
 
 def _number(obj: Mapping[str, Any], name: str, where: str) -> Decimal | int:
     value = obj.get(name)
+    if isinstance(value, BadNumber):
+        raise e.InvalidAmount(f"{where}{name} must be a plain decimal number (no exponent, at most 40 characters)")
     if isinstance(value, bool) or not isinstance(value, Decimal | int):
         raise e.MalformedBody(f"{where}{name} must be a JSON number")
     return value
@@ -109,6 +118,7 @@ class EvolutionAdapter(Adapter):
         e.LedgerTimeout: "TEMPORARY_ERROR",
         e.BetsPaused: "TEMPORARY_ERROR",
         e.NoNewSessions: "TEMPORARY_ERROR",
+        e.BodyTimeout: "TEMPORARY_ERROR",
         # refusals
         e.Refused: "FINAL_ERROR_ACTION_FAILED",
         e.InsufficientFunds: "INSUFFICIENT_FUNDS",
@@ -173,13 +183,17 @@ class EvolutionAdapter(Adapter):
             self.verify(request.query.get("authToken"))
             try:
                 data = loads_exact(body)
+            except DuplicateKey:
+                raise e.MalformedBody("a key appears twice in one object") from None
             except ValueError:
                 return self._json([("status", "INVALID_PARAMETER"), ("uuid", "")], 400)
             if not isinstance(data, dict):
                 raise e.MalformedBody("body is not a JSON object")
-            if isinstance(data.get("uuid"), str):
+            if _echoable(data.get("uuid")):
                 uuid = data["uuid"]
             reply = await op(request, data)
+        except ClientDisconnected:
+            raise
         except e.GatewayError as exc:
             reply = self._error(self.error_code(exc), exc.balance, exc.currency, uuid)
         except _Answer as answer:

@@ -18,7 +18,7 @@ import binascii
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeGuard
 
 import orjson
 from aiohttp import web
@@ -30,8 +30,9 @@ from adapters import flow
 from adapters.base import Adapter, PlayerSession, ProviderConfig, WalletPort
 from adapters.flow import Call
 from gateway import errors as e
+from gateway.http import ClientDisconnected, header_bytes, unique_keys
 from gateway.money import exponent
-from ledger.commands import Command, Kind
+from ledger.commands import Command, Kind, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,11 @@ def _load_public_key(pem: str) -> rsa.RSAPublicKey:
     return key
 
 
+def _echoable(value: object) -> TypeGuard[str]:
+    """A string the answer may repeat back (``user``, ``request_uuid``): what ``_Fields.text`` accepts."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_TEXT and clean_text(value)
+
+
 class _Fields:
     """Strict reader of one request object: missing → WRONG_SYNTAX, wrong type → WRONG_TYPES."""
 
@@ -102,8 +108,9 @@ class _Fields:
 
     @staticmethod
     def _text(name: str, value: object) -> str:
-        if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
-            raise _WrongTypes(f"{name} must be a non-empty string of at most {MAX_TEXT} characters")
+        if not _echoable(value):
+            raise _WrongTypes(f"{name} must be a non-empty string of at most {MAX_TEXT} characters, "
+                              "without control characters")
         return value
 
     def flag(self, name: str, default: bool | None = None) -> bool:
@@ -164,6 +171,7 @@ class Hub88Adapter(Adapter):
         e.LedgerTimeout: "RS_ERROR_UNKNOWN",
         e.BetsPaused: "RS_ERROR_UNKNOWN",
         e.NoNewSessions: "RS_ERROR_UNKNOWN",
+        e.BodyTimeout: "RS_ERROR_UNKNOWN",
         # refusals
         e.Refused: "RS_ERROR_UNKNOWN",
         e.InsufficientFunds: "RS_ERROR_NOT_ENOUGH_MONEY",
@@ -206,10 +214,10 @@ class Hub88Adapter(Adapter):
         handler.__name__ = f"hub88{op.__name__}"
         return handler
 
-    def verify(self, body: bytes, signature: str | None) -> None:
-        """Raise unless ``signature`` is Hub88's RSA-SHA256 (PKCS#1 v1.5) signature of ``body``."""
+    def verify(self, body: bytes, signature: bytes | str | None) -> None:
+        """Raise unless ``signature`` (base64) is Hub88's RSA-SHA256 (PKCS#1 v1.5) signature of ``body``."""
         if not signature:
-            raise e.Unauthorized(f"missing {SIGNATURE_HEADER}")
+            raise e.Unauthorized(f"missing or non-ASCII {SIGNATURE_HEADER}")
         try:
             raw = base64.b64decode(signature, validate=True)
             self._key.verify(raw, body, padding.PKCS1v15(), hashes.SHA256())
@@ -220,7 +228,7 @@ class Hub88Adapter(Adapter):
         echo: dict[str, Any] = {}
         try:
             body = await self.read_body(request)
-            self.verify(body, request.headers.get(SIGNATURE_HEADER))
+            self.verify(body, header_bytes(request, SIGNATURE_HEADER))
             try:
                 data = orjson.loads(body)
             except orjson.JSONDecodeError:
@@ -228,9 +236,12 @@ class Hub88Adapter(Adapter):
             if not isinstance(data, dict):
                 raise e.MalformedBody("body is not a JSON object")
             for key in ("user", "request_uuid"):
-                if isinstance(data.get(key), str):
+                if _echoable(data.get(key)):
                     echo[key] = data[key]
+            unique_keys(body, data)
             reply = await op(request, _Fields(data))
+        except ClientDisconnected:
+            raise
         except e.GatewayError as exc:
             reply = self._error(echo, self.error_code(exc), exc)
         except _WrongTypes as exc:

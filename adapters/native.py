@@ -23,7 +23,7 @@ from adapters import flow
 from adapters.base import Adapter, PlayerSession
 from adapters.flow import Call
 from gateway import errors as E
-from gateway.http import field
+from gateway.http import ClientDisconnected, field, header_bytes, unique_keys
 from gateway.money import exponent, format_minor, to_minor
 from ledger.commands import Kind, Result
 
@@ -65,8 +65,8 @@ class NativeAdapter(Adapter):
         async def endpoint(request: web.Request) -> web.Response:
             try:
                 raw = await self.read_body(request)
-                given = request.headers.get(SIGNATURE_HEADER, "")
-                if not hmac.compare_digest(given.encode(), sign(self.config.secret, raw).encode()):
+                given = header_bytes(request, SIGNATURE_HEADER) or b""
+                if not hmac.compare_digest(given, sign(self.config.secret, raw).encode()):
                     raise E.InvalidSignature()
                 try:
                     body = orjson.loads(raw)
@@ -74,7 +74,10 @@ class NativeAdapter(Adapter):
                     raise E.MalformedBody("body is not JSON") from None
                 if not isinstance(body, dict):
                     raise E.MalformedBody("body must be a JSON object")
+                unique_keys(raw, body)
                 return _json(200, {"status": OK, **await handler(body, request)})
+            except ClientDisconnected:
+                raise
             except E.GatewayError as exc:
                 return self.render_error(exc)
             except Exception:
@@ -106,8 +109,8 @@ class NativeAdapter(Adapter):
 
     async def _settle_session(self, body: dict[str, Any]) -> PlayerSession:
         token = body.get("session_token")
-        if token is not None and not isinstance(token, str):
-            raise E.MalformedBody("session_token must be a string")
+        if token is not None and token != "":  # empty: settle by player_id
+            token = field(body, "session_token", max_len=200)
         player = body.get("player_id")
         if player is None:
             if not token:

@@ -40,8 +40,9 @@ from adapters.base import Adapter, PlayerSession, ProviderConfig, WalletPort
 from adapters.flow import Call
 from adapters.jsonwire import Raw, dumps
 from gateway import errors as e
+from gateway.http import ClientDisconnected
 from gateway.money import exponent, format_minor, to_minor
-from ledger.commands import Command, Kind, Result
+from ledger.commands import Command, Kind, Result, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ class _Params:
             raise e.MalformedBody(f"missing {name}")
         if len(value) > max_len:
             raise e.MalformedBody(f"{name} longer than {max_len}")
+        if not clean_text(value):
+            raise e.MalformedBody(f"{name} holds a control character")
         return value
 
     def opt_text(self, name: str, max_len: int = 100) -> str | None:
@@ -169,6 +172,7 @@ class PragmaticAdapter(Adapter):
         e.LedgerTimeout: 100,
         e.BetsPaused: 100,
         e.NoNewSessions: 100,
+        e.BodyTimeout: 100,
         # refusals
         e.Refused: 3,
         e.InsufficientFunds: 1,
@@ -246,6 +250,8 @@ class PragmaticAdapter(Adapter):
             p = _Params(params)
             self._check_provider(p)
             reply = await op(request, p)
+        except ClientDisconnected:
+            raise
         except e.GatewayError as exc:
             reply = self._error(self.error_code(exc))
         except _Answer as answer:

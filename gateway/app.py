@@ -24,7 +24,7 @@ from gateway import errors as E
 from gateway.degradation import Degradation
 from gateway.guards import Guards
 from gateway.health import healthz, readyz
-from gateway.http import Handler, error_response, json_response
+from gateway.http import ClientDisconnected, Handler, error_response, json_response
 from gateway.ledger_client import LedgerClient
 from gateway.metrics import metrics_handler, metrics_middleware
 from gateway.monitor import Monitor
@@ -48,6 +48,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except E.GatewayError as exc:
         return error_response(exc)
+    except ClientDisconnected:
+        raise  # counted apart by the metrics middleware; nobody is left to answer
     except web.HTTPException as exc:
         if exc.status == 413:
             return error_response(E.PayloadTooLarge())
@@ -97,7 +99,8 @@ def _lifecycle(settings: Settings, providers: list[ProviderConfig]):  # type: ig
         if settings.redis_quota_enabled:
             prefix = f"{settings.namespace}:gw:" if settings.namespace else "gw:"
             quota = RedisQuota(rds, prefix, settings.redis_quota_per_s, settings.redis_quota_burst)
-        wallet = Wallet(SessionStore(settings, rds), ledger, pools, guards, degradation, quota)
+        wallet = Wallet(SessionStore(settings, rds), ledger, pools, guards, degradation, quota,
+                        max_amounts=settings.max_amounts_minor)
         state = GatewayState(settings, {p.id: p for p in providers}, nc, rds, pools, ledger, wallet, guards,
                              degradation, started_ms=int(time.time() * 1000))
         app[STATE_KEY] = state

@@ -64,10 +64,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if workers > 1:
         return _serve_workers(settings, workers)
     _logging(settings)
-    from aiohttp import web
-
     from gateway.app import build_app
     from gateway.providers import ProviderConfigError, load_providers
+    from gateway.server import serve_until_signal
 
     try:
         providers = load_providers(settings.providers_file) if settings.providers_file else []
@@ -79,8 +78,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((settings.http_host, settings.http_port))
-    web.run_app(build_app(settings, providers), sock=sock, print=None, access_log=None,
-                shutdown_timeout=float(settings.shutdown_drain_s), handle_signals=True)
+    # the gateway's runner (connection deadlines, see gateway.server), drained on SIGINT/SIGTERM
+    asyncio.run(serve_until_signal(build_app(settings, providers), settings, sock))
     return 0
 
 

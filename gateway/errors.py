@@ -147,6 +147,14 @@ class BetsPaused(Retryable):
     message = "bets are paused"
 
 
+class BodyTimeout(Retryable):
+    """The request body did not arrive within ``GATEWAY_HTTP_BODY_TIMEOUT_S``; nothing was done."""
+
+    code = "body_timeout"
+    http_status = 408
+    message = "request body not received in time, retry"
+
+
 class NoNewSessions(Retryable):
     code = "no_new_sessions"
     message = "no new sessions are accepted now"

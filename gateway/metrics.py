@@ -1,4 +1,10 @@
-"""Prometheus text metrics, kept in plain dicts: one increment per request, no locks, no registry."""
+"""Prometheus text metrics, kept in plain dicts: one increment per request, no locks, no registry.
+
+A client that hangs up before its body arrived is not a request the gateway answered: it is counted
+in ``gateway_client_disconnects_total`` (answered 499 to nobody), never as a 5xx, and logged at most at
+debug level. Connections closed for a header or body deadline are ``gateway_http_timeouts_total``;
+requests that are not valid HTTP, ``gateway_http_malformed_total``.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,16 @@ from collections import defaultdict
 from aiohttp import web
 
 from gateway.degradation import MODES
-from gateway.http import Handler
+from gateway.http import REJECTED, TIMEOUTS, ClientDisconnected, Handler
 from gateway.state import STATE_KEY
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 _requests: defaultdict[tuple[str, int], int] = defaultdict(int)
 _latency: defaultdict[str, list[int]] = defaultdict(lambda: [0] * (len(_BUCKETS) + 1))
 _latency_sum: defaultdict[str, float] = defaultdict(float)
+_disconnects: defaultdict[str, int] = defaultdict(int)
+#: nginx's "client closed request": never sent (the client is gone), only returned to aiohttp
+CLIENT_CLOSED = 499
 
 
 def _route_label(request: web.Request) -> str:
@@ -25,7 +34,11 @@ def _route_label(request: web.Request) -> str:
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     start = time.perf_counter()
-    response: web.StreamResponse = await handler(request)
+    try:
+        response: web.StreamResponse = await handler(request)
+    except ClientDisconnected:
+        _disconnects[_route_label(request)] += 1
+        return web.Response(status=CLIENT_CLOSED)
     elapsed = time.perf_counter() - start
     label = _route_label(request)
     _requests[(label, response.status)] += 1
@@ -44,6 +57,14 @@ def render(request: web.Request) -> str:
     lines = ["# TYPE gateway_requests_total counter"]
     for (route, status), n in sorted(_requests.items()):
         lines.append(f'gateway_requests_total{{route="{route}",status="{status}"}} {n}')
+    lines.append("# TYPE gateway_client_disconnects_total counter")
+    for route, n in sorted(_disconnects.items()):
+        lines.append(f'gateway_client_disconnects_total{{route="{route}"}} {n}')
+    lines.append("# TYPE gateway_http_timeouts_total counter")
+    for phase, n in sorted(TIMEOUTS.items()):
+        lines.append(f'gateway_http_timeouts_total{{phase="{phase}"}} {n}')
+    lines.append("# TYPE gateway_http_malformed_total counter")
+    lines.append(f"gateway_http_malformed_total {REJECTED['malformed']}")
     lines.append("# TYPE gateway_request_duration_seconds histogram")
     for route, counts in sorted(_latency.items()):
         cum = 0

@@ -1,7 +1,10 @@
 """Exact conversion between provider decimals and integer minor units.
 
 No float ever touches money: values are parsed with ``Decimal`` and refused, not rounded, when the
-currency's ISO 4217 exponent cannot hold them exactly.
+currency's ISO 4217 exponent cannot hold them exactly. Only plain positional decimals are money
+(``12``, ``12.50``, ``-3.1``; at most 40 characters): no exponent (``1e1``, ``0.1e2``, ``1e999999``), sign
+plus, spaces, underscores, NaN or Infinity, whichever protocol carried them. The largest amount of one
+command is a setting, checked where every command is built (``gateway.wallet.Wallet.command``).
 """
 
 from __future__ import annotations
@@ -23,9 +26,14 @@ CURRENCY_EXPONENTS: dict[str, int] = {
     "GEL": 2, "AMD": 2, "AZN": 2, "ILS": 2, "AED": 2, "SAR": 2, "QAR": 2, "EGP": 2, "MAD": 2,
 }
 
-_MAX_TEXT = 40
+MAX_TEXT = 40
 #: plain positional notation only: no exponent, sign-plus, spaces, underscores or NaN/Infinity
 _DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+def plain_decimal(text: str) -> bool:
+    """Whether ``text`` is money syntax: a plain positional decimal of at most ``MAX_TEXT`` characters."""
+    return len(text) <= MAX_TEXT and _DECIMAL.fullmatch(text) is not None
 
 
 def exponent(currency: str) -> int:
@@ -43,18 +51,22 @@ def to_minor(value: str | Decimal | int, currency: str, *, allow_negative: bool 
     if isinstance(value, int):
         dec = Decimal(value)
     elif isinstance(value, Decimal):
+        # a Decimal from a JSON number: its text was checked by the parser (``adapters.jsonwire``); an
+        # exponent or a huge digit string that got here anyway is still not money
+        digits = value.as_tuple()
+        if not value.is_finite() or not isinstance(digits.exponent, int) or digits.exponent > 0 \
+                or len(digits.digits) > MAX_TEXT:
+            raise InvalidAmount(f"amount {value} is not a plain decimal (digits, optional fraction)")
         dec = value
     elif isinstance(value, str):
-        if len(value) > _MAX_TEXT or not _DECIMAL.fullmatch(value):
-            raise InvalidAmount(f"amount {value!r} is not a plain decimal (digits, optional fraction)")
+        if not plain_decimal(value):
+            raise InvalidAmount(f"amount {value[:MAX_TEXT]!r} is not a plain decimal (digits, optional fraction)")
         try:
             dec = Decimal(value)
         except InvalidOperation:
             raise InvalidAmount(f"amount {value!r} is not a decimal") from None
     else:
         raise InvalidAmount("amount must be a decimal string")
-    if not dec.is_finite():
-        raise InvalidAmount("amount must be finite")
     scaled = dec.scaleb(exp)
     if scaled != scaled.to_integral_value():
         raise InvalidAmount(f"amount {value} has more than {exp} decimal places for {currency}")

@@ -19,7 +19,7 @@ from aiohttp import web
 from adapters.base import PlayerSession
 from gateway import errors as E
 from gateway.degradation import scope_name
-from gateway.http import Handler, error_response, field, json_response, read_json
+from gateway.http import Handler, error_response, field, header_bytes, json_response, query_field, read_json
 from gateway.money import exponent, format_minor, to_minor
 from gateway.providers import adapter_class
 from gateway.settings import SETTINGS_KEY
@@ -33,11 +33,12 @@ NO_CURRENCY = "XXX"
 
 
 def _role(request: web.Request) -> str:
-    auth = request.headers.get("Authorization", "")
-    key = auth[7:] if auth.startswith("Bearer ") else request.headers.get("X-Api-Key", "")
+    # a header that is not printable ASCII is no key (and is never encoded: see ``header_bytes``)
+    auth = header_bytes(request, "Authorization") or b""
+    key = auth[7:] if auth.startswith(b"Bearer ") else header_bytes(request, "X-Api-Key") or b""
     roles = request.app[SETTINGS_KEY].api_key_roles
     for known, role in roles.items():
-        if hmac.compare_digest(known.encode(), key.encode()):
+        if hmac.compare_digest(known.encode(), key):
             return role
     raise E.Unauthorized()
 
@@ -126,10 +127,8 @@ async def withdraw(request: web.Request) -> web.StreamResponse:
 
 @guarded("operator")
 async def balance(request: web.Request) -> web.StreamResponse:
-    q = request.query
-    brand, player, currency = q.get("brand_id", ""), q.get("player_id", ""), q.get("currency", "")
-    if not (brand and player and currency):
-        raise E.MalformedBody("brand_id, player_id and currency are required")
+    brand, player = query_field(request, "brand_id"), query_field(request, "player_id")
+    currency = query_field(request, "currency", max_len=3)
     exponent(currency)
     value = await request.app[STATE_KEY].wallet.balance_of(brand, player, currency)
     return json_response({"balance": format_minor(value, currency), "currency": currency})
@@ -183,10 +182,8 @@ async def self_exclude(request: web.Request) -> web.StreamResponse:
 
 @guarded("operator")
 async def get_limits(request: web.Request) -> web.StreamResponse:
-    q = request.query
-    brand, player, currency = q.get("brand_id", ""), q.get("player_id", ""), q.get("currency") or None
-    if not (brand and player):
-        raise E.MalformedBody("brand_id and player_id are required")
+    brand, player = query_field(request, "brand_id"), query_field(request, "player_id")
+    currency = query_field(request, "currency", max_len=3) if "currency" in request.query else None
     if currency is not None:
         exponent(currency)
     return json_response({"currency": currency,

@@ -15,6 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.money import CURRENCY_EXPONENTS, exponent
+from ledger.commands import INT64_MAX
+
 PREFIX = "GATEWAY_"
 #: switches read elsewhere (build and import time), accepted here so they are not "unknown"
 OTHER_KEYS = frozenset({"GATEWAY_NO_EXTENSIONS"})
@@ -76,6 +79,17 @@ class Settings:
 
     # --- edge limits -----------------------------------------------------------------------------
     max_body_bytes: int = 64 * 1024
+    #: a connection whose request headers are not complete this long after their first byte is closed
+    http_header_timeout_s: int = 10
+    #: a request body not fully received this long after its headers is answered 408 (retryable)
+    http_body_timeout_s: int = 10
+    #: a connection with no request in progress (before the first one, or between keep-alive requests)
+    #: is closed after this long
+    http_idle_timeout_s: int = 60
+    #: largest amount of one command (bet, win, deposit, ...) in major units, for every currency ...
+    max_amount_major: int = 1_000_000_000
+    #: ... except these (``CUR=major``, comma-separated): currencies whose unit is worth very little
+    max_amount_overrides: str = "IDR=100000000000,VND=100000000000"
     rl_player_per_s: int = 50
     rl_player_burst: int = 100
     rl_round_per_s: int = 100
@@ -118,6 +132,8 @@ class Settings:
 
     # --- derived, not read from the environment --------------------------------------------------
     api_key_roles: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: currency → largest amount of one command, in minor units
+    max_amounts_minor: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         errors: list[str] = []
@@ -155,6 +171,9 @@ class Settings:
                      "rl_player_burst", "rl_round_burst", "rl_provider_burst", "rl_brand_burst",
                      "rl_max_keys", "queue_max_depth", "stream_duplicate_window_s"):
             need(getattr(self, name) > 0, name, "must be positive")
+        for name in ("http_header_timeout_s", "http_body_timeout_s", "http_idle_timeout_s"):
+            need(1 <= getattr(self, name) <= 3600, name, "must be 1..3600 seconds")
+        maxima = self._max_amounts(errors)
         roles: dict[str, str] = {}
         for pair in filter(None, (p.strip() for p in self.api_keys.split(","))):
             key, _, role = pair.rpartition(":")
@@ -171,6 +190,30 @@ class Settings:
         if errors:
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(errors))
         object.__setattr__(self, "api_key_roles", roles)
+        object.__setattr__(self, "max_amounts_minor", maxima)
+
+    def _max_amounts(self, errors: list[str]) -> dict[str, int]:
+        """Largest amount of one command per currency, in minor units; problems appended to ``errors``."""
+        majors = dict.fromkeys(CURRENCY_EXPONENTS, self.max_amount_major)
+        key = f"{PREFIX}MAX_AMOUNT_OVERRIDES"
+        for pair in filter(None, (p.strip() for p in self.max_amount_overrides.split(","))):
+            currency, _, value = pair.partition("=")
+            currency = currency.strip()
+            if currency not in CURRENCY_EXPONENTS:
+                errors.append(f"{key}: {currency!r} is not a currency the gateway knows")
+                continue
+            try:
+                majors[currency] = int(value.strip().replace("_", ""))
+            except ValueError:
+                errors.append(f"{key}: {pair!r} must be CUR=<whole major units>")
+        out: dict[str, int] = {}
+        for currency, major in majors.items():
+            minor = major * 10 ** exponent(currency)
+            if not 0 < minor <= INT64_MAX:
+                name = "MAX_AMOUNT_MAJOR" if major == self.max_amount_major else "MAX_AMOUNT_OVERRIDES"
+                errors.append(f"{PREFIX}{name}: {major} {currency} must be positive and fit int64 minor units")
+            out[currency] = minor
+        return out
 
     def shard_dsns(self) -> dict[int, str]:
         """Shard → DSN; shards sharing a server keep their tables in schema ``shard_<n>``."""
@@ -196,7 +239,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if environ is None else environ
-        known = {f.name: f for f in fields(cls) if f.name != "api_key_roles"}
+        known = {f.name: f for f in fields(cls) if f.name not in _DERIVED}
         values: dict[str, Any] = {}
         errors: list[str] = []
         for key, raw in env.items():
@@ -223,11 +266,14 @@ class Settings:
         """The environment that reproduces these settings in a child process."""
         out = {}
         for f in fields(self):
-            if f.name == "api_key_roles":
+            if f.name in _DERIVED:
                 continue
             value = getattr(self, f.name)
             out[PREFIX + f.name.upper()] = ("1" if value else "0") if isinstance(value, bool) else str(value)
         return out
+
+
+_DERIVED = frozenset({"api_key_roles", "max_amounts_minor"})
 
 
 def _parse(raw: str, kind: Any) -> Any:

@@ -2,25 +2,30 @@
 
 Adapters translate; the wallet guards and routes. A command is built complete here (tenant, brand,
 license, player, currency, ids, trace) and validated before anything is queued, then it passes
-degradation and rate limits, then the ledger client. Balances are read from the shard's database
+degradation and rate limits, then the ledger client. This is also the one place every protocol and the
+operator API pass with an amount, so the largest amount of one command (per currency,
+``GATEWAY_MAX_AMOUNT_*``) is enforced here: no single bet, win or deposit can come near the int64
+bounds of the accounts it moves money between. Balances are read from the shard's database
 (a primary-key read); money only ever moves through ledger commands.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
 
 from adapters.base import PlayerSession
 from gateway.degradation import Degradation
-from gateway.errors import BadInput, Retryable
+from gateway.errors import BadInput, InvalidAmount, Retryable
 from gateway.guards import Guards
 from gateway.ledger_client import LedgerClient
+from gateway.money import format_minor
 from gateway.quota import RedisQuota
 from gateway.sessions import SessionStore
 from ledger.commands import Command, InvalidCommand, Kind, Result
@@ -33,17 +38,25 @@ def new_traceparent() -> str:
     return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
+#: W3C trace context: version-traceid-parentid-flags, lower-case hex
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
 def valid_traceparent(value: str | None) -> str:
-    """Keep a caller's W3C traceparent when well-formed, else start a new trace."""
-    if value and len(value) == 55 and value[2] == "-" and value.count("-") == 3:
+    """Keep a caller's W3C traceparent when well-formed, else start a new trace (a malformed header, even
+    one with control characters or non-ASCII bytes, never fails the call)."""
+    if value and len(value) == 55 and _TRACEPARENT.fullmatch(value):
         return value
     return new_traceparent()
 
 
 class Wallet:
     def __init__(self, sessions: SessionStore, ledger: LedgerClient, pools: dict[int, asyncpg.Pool],
-                 guards: Guards, degradation: Degradation, quota: RedisQuota | None = None) -> None:
+                 guards: Guards, degradation: Degradation, quota: RedisQuota | None = None, *,
+                 max_amounts: Mapping[str, int]) -> None:
         self.quota = quota
+        #: currency → largest amount of one command in minor units (``Settings.max_amounts_minor``)
+        self.max_amounts = max_amounts
         self.sessions = sessions
         self.ledger = ledger
         self.pools = pools
@@ -91,6 +104,10 @@ class Wallet:
             cmd.validate()
         except InvalidCommand as exc:
             raise BadInput(str(exc)) from None
+        ceiling = self.max_amounts.get(cmd.currency, 0)
+        if amount > ceiling:
+            raise InvalidAmount(f"amount above the maximum of one transaction "
+                                f"({format_minor(ceiling, cmd.currency)} {cmd.currency})")
         return cmd
 
     async def execute(self, command: Command, *, guard: bool = True) -> Result:

@@ -2,7 +2,9 @@
 
 A ``Command`` is complete or it does not exist: ``validate()`` refuses one without tenant, brand,
 license, player, currency, provider tx id, round id and trace id, so an incomplete command can never
-reach the ledger. Amounts are ``int`` minor units; a ``bool`` or ``float`` is refused. The request
+reach the ledger. Amounts are ``int`` minor units; a ``bool`` or ``float`` is refused. No string may hold
+a control character or a lone surrogate: PostgreSQL refuses NUL in text and UTF-8 cannot encode a
+surrogate, so either would fail the writer's whole batch (and the edge checks them first anyway). The request
 hash covers exactly the fields a provider must repeat on a retry, so a retry with other details is a
 conflict, not a duplicate.
 """
@@ -10,6 +12,7 @@ conflict, not a duplicate.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -67,6 +70,26 @@ class InvalidCommand(ValueError):
     """A command that must never reach the ledger."""
 
 
+#: C0 and C1 control characters, DEL and lone surrogates (the non-ASCII part of ``clean_text``)
+_UNCLEAN = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def clean_text(value: str) -> bool:
+    """No control character (NUL included) and no lone surrogate in ``value``.
+
+    ASCII text, the usual case, is checked by ``str.isprintable`` alone (C speed, no regex).
+    """
+    if value.isascii():
+        return value.isprintable()
+    return _UNCLEAN.search(value) is None
+
+
+#: the string fields every command must carry
+_REQUIRED_TEXT = ("cmd_id", "tenant_id", "brand_id", "license", "player_id", "currency", "provider_id", "tx_id",
+                  "round_id", "traceparent")
+_ALL_TEXT = (*_REQUIRED_TEXT, "ref_tx_id", "game_id")
+
+
 @dataclass(frozen=True, slots=True)
 class Command:
     cmd_id: str
@@ -96,13 +119,20 @@ class Command:
     limits: dict[str, int | None] = field(default_factory=dict)
 
     def validate(self) -> None:
-        for name in ("cmd_id", "tenant_id", "brand_id", "license", "player_id", "currency",
-                     "provider_id", "tx_id", "round_id", "traceparent"):
+        for name in _REQUIRED_TEXT:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise InvalidCommand(f"missing {name}")
             if len(value) > 200:
                 raise InvalidCommand(f"{name} too long")
+        for name in ("ref_tx_id", "game_id"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or len(value) > 200):
+                raise InvalidCommand(f"{name} must be a string of at most 200 characters")
+        # one check over all of them (the usual, clean case), then find the culprit for the message
+        if not clean_text("".join([getattr(self, n) for n in _REQUIRED_TEXT]) + (self.ref_tx_id or "") + self.game_id):
+            bad = next(n for n in _ALL_TEXT if not clean_text(getattr(self, n) or ""))
+            raise InvalidCommand(f"{bad} holds a control character or a lone surrogate")
         if not isinstance(self.kind, Kind):
             raise InvalidCommand("unknown kind")
         if type(self.amount) is not int or not 0 <= self.amount <= INT64_MAX:

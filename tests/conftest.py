@@ -157,19 +157,16 @@ class GatewayHandle:
 
 @contextlib.asynccontextmanager
 async def running_gateway(settings: Settings, providers: list[Any] | None = None) -> AsyncIterator[GatewayHandle]:
-    """A real gateway app on a free loopback port, with every test provider mounted."""
-    from aiohttp.test_utils import TestServer
-
+    """A real gateway app on a free loopback port, with every test provider mounted, served the way
+    ``gateway serve`` serves it (``gateway.server``: the same connection deadlines)."""
     from gateway.app import build_app
+    from gateway.server import serving
     from gateway.state import STATE_KEY
 
     app = build_app(settings, gateway_providers() + (providers or []))
-    server = TestServer(app, host="127.0.0.1", port=embedded.free_port())
-    await server.start_server()
-    try:
-        yield GatewayHandle(app[STATE_KEY], f"http://127.0.0.1:{server.port}")
-    finally:
-        await server.close()
+    port = embedded.free_port()
+    async with serving(app, settings, host="127.0.0.1", port=port):
+        yield GatewayHandle(app[STATE_KEY], f"http://127.0.0.1:{port}")
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import uuid
 from typing import Any
 
 import aiohttp
+import orjson
+import yarl
 
 from adapters.base import ProviderConfig
 from adapters.flow import Call
@@ -115,3 +118,43 @@ class Api:
 
     async def end_round(self, token: str | None, round_id: str, **kw: Any) -> tuple[int, dict[str, Any]]:
         return await self.send(self.native.end_round(token, self.ns + round_id, **kw))
+
+
+# --- raw HTTP: bytes no HTTP client library would send --------------------------------------------------
+def http_bytes(method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> bytes:
+    """One HTTP/1.1 request exactly as given (header values may hold any bytes), asking to close after."""
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: gateway", b"Connection: close",
+             b"Content-Length: %d" % len(body), *(name + b": " + value for name, value in headers)]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+async def raw_http(base_url: str, request: bytes, *, timeout_s: float = 10.0) -> tuple[int, Any]:
+    """Send ``request`` on a fresh connection, read the answer to EOF: (status, JSON body)."""
+    reader, writer = await open_raw(base_url)
+    try:
+        writer.write(request)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout_s)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), orjson.loads(body)
+
+
+async def open_raw(base_url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    url = yarl.URL(base_url)
+    return await asyncio.open_connection(url.host, url.port)
+
+
+async def closed_by_server(reader: asyncio.StreamReader, *, within_s: float) -> bool:
+    """Whether the server closes the connection (EOF or reset) within ``within_s``, reading whatever it
+    sends first; False when it is still open by then."""
+    try:
+        async with asyncio.timeout(within_s):
+            while await reader.read(65536):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True

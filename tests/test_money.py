@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from gateway.errors import InvalidAmount, UnknownCurrency
 from gateway.money import CURRENCY_EXPONENTS, format_minor, to_minor
+from ledger.commands import Command, InvalidCommand, Kind
 
 
 @pytest.mark.parametrize(
@@ -45,3 +46,49 @@ def test_format_round_trips_exactly(minor: int, currency: str) -> None:
     text = format_minor(minor, currency)
     assert to_minor(text, currency, allow_negative=True) == minor
     assert Decimal(text) == Decimal(minor).scaleb(-CURRENCY_EXPONENTS[currency])
+
+
+@pytest.mark.parametrize("text", ["1E+1", "1e1", "0.1e2", "1E+999999", "1" * 41, "0." + "0" * 40 + "1", "NaN",
+                                  "Infinity", "-Infinity", "sNaN"])
+def test_decimals_that_are_not_plain_positional_are_refused(text: str) -> None:
+    """A ``Decimal`` (from a JSON number) with an exponent, over 40 digits or not finite is no amount,
+    and never an ``Overflow`` traceback."""
+    with pytest.raises(InvalidAmount):
+        to_minor(Decimal(text), "EUR")
+
+
+def test_plain_decimals_from_json_numbers() -> None:
+    assert to_minor(Decimal("10.11"), "EUR") == 10_11 and to_minor(Decimal("10"), "EUR") == 10_00
+    assert to_minor(Decimal("0.100"), "EUR") == 10  # trailing zeros are exact
+    assert to_minor(10, "EUR") == 10_00
+
+
+def _command(**changes: object) -> Command:
+    base: dict[str, object] = dict(
+        cmd_id="c1", kind=Kind.WIN, tenant_id="t1", brand_id="b1", license="MGA", player_id="p1", currency="EUR",
+        provider_id="demo", tx_id="tx1", round_id="r1", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+        amount=1_00, ref_tx_id="bet1", game_id="g1")
+    return Command(**{**base, **changes})  # type: ignore[arg-type]
+
+
+TEXT_FIELDS = ["cmd_id", "tenant_id", "brand_id", "license", "player_id", "provider_id", "tx_id", "round_id",
+               "traceparent", "ref_tx_id", "game_id"]
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\x01", "\n", "\x1f", "\x7f", "\x85", "\ud800", "\udfff"])
+@pytest.mark.parametrize("name", TEXT_FIELDS)
+def test_command_refuses_control_characters_and_lone_surrogates(name: str, bad: str) -> None:
+    """The last gate before the ledger: no string of a command may hold a control character or a lone
+    surrogate (PostgreSQL refuses NUL; UTF-8 cannot encode a surrogate; either failed a whole batch)."""
+    _command().validate()
+    value = getattr(_command(), name)
+    with pytest.raises(InvalidCommand, match=name):
+        _command(**{name: value[:-1] + bad + value[-1:]}).validate()
+
+
+def test_command_accepts_non_ascii_text() -> None:
+    _command(player_id="jörg-ß-玩家", game_id="roulette ♠").validate()
+    with pytest.raises(InvalidCommand):
+        _command(game_id=5).validate()
+    with pytest.raises(InvalidCommand):
+        _command(game_id="g" * 201).validate()

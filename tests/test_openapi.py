@@ -274,7 +274,7 @@ def test_error_codes_follow_errors_module(doc: dict[str, Any]) -> None:
         for prefix in ("Provider", "Operator"):
             response = responses[f"{prefix}{status}"]
             assert _codes_of(doc, response) == codes, f"{prefix}{status}"
-            assert ("Retry-After" in response.get("headers", {})) == (status in (429, 503)), f"{prefix}{status}"
+            assert ("Retry-After" in response.get("headers", {})) == (status in (408, 429, 503)), f"{prefix}{status}"
     for cls in E.concrete_errors():  # every status an error can carry is answered somewhere
         if cls.code not in answered_ok:
             assert any(str(cls.http_status) in op["responses"] for _, _, op in _operations(doc)), cls.__name__

@@ -57,3 +57,28 @@ def test_api_key_roles_and_round_trip_through_env() -> None:
     s = Settings(api_keys="operator-key-1:operator, admin-key-123:admin", shards=3)
     assert s.api_key_roles == {"operator-key-1": "operator", "admin-key-123": "admin"}
     assert Settings.from_env(s.env()) == s
+
+
+def test_maximum_amounts_per_currency() -> None:
+    s = Settings.from_env({"GATEWAY_MAX_AMOUNT_MAJOR": "1_000", "GATEWAY_MAX_AMOUNT_OVERRIDES": "JPY=50000, KWD=7"})
+    assert s.max_amounts_minor["EUR"] == 1000_00 and s.max_amounts_minor["JPY"] == 50000
+    assert s.max_amounts_minor["KWD"] == 7_000 and s.max_amounts_minor["VND"] == 1000
+    default = Settings()
+    assert default.max_amounts_minor["EUR"] == 1_000_000_000_00
+    assert default.max_amounts_minor["VND"] == 100_000_000_000  # low-value units get more by default
+    assert Settings.from_env(s.env()) == s
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"GATEWAY_MAX_AMOUNT_MAJOR": "0"}, "MAX_AMOUNT_MAJOR"),
+    ({"GATEWAY_MAX_AMOUNT_MAJOR": "100000000000000000"}, "MAX_AMOUNT_MAJOR"),  # x 100 is beyond int64
+    ({"GATEWAY_MAX_AMOUNT_OVERRIDES": "XYZ=5"}, "'XYZ'"),
+    ({"GATEWAY_MAX_AMOUNT_OVERRIDES": "EUR=lots"}, "EUR=lots"),
+    ({"GATEWAY_MAX_AMOUNT_OVERRIDES": "KWD=10000000000000000"}, "MAX_AMOUNT_OVERRIDES"),
+    ({"GATEWAY_HTTP_HEADER_TIMEOUT_S": "0"}, "HTTP_HEADER_TIMEOUT_S"),
+    ({"GATEWAY_HTTP_BODY_TIMEOUT_S": "4000"}, "HTTP_BODY_TIMEOUT_S"),
+    ({"GATEWAY_HTTP_IDLE_TIMEOUT_S": "-1"}, "HTTP_IDLE_TIMEOUT_S"),
+])
+def test_edge_limit_validation(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(needle)):
+        Settings.from_env(env)

@@ -41,7 +41,6 @@ import aiohttp
 import orjson
 import pytest
 from adapter_harness import BRAND, FakeWallet, Provider, _Failure
-from aiohttp.test_utils import TestServer
 
 from adapters.base import PlayerSession, ProviderConfig
 from gateway import embedded
@@ -67,15 +66,13 @@ class Gateway:
 async def serve(settings: Settings, providers: list[ProviderConfig]) -> AsyncIterator[Gateway]:
     """A real gateway app with ``providers`` mounted, on a free loopback port."""
     from gateway.app import build_app
+    from gateway.server import serving
     from gateway.state import STATE_KEY
 
     app = build_app(settings, providers)
-    server = TestServer(app, host="127.0.0.1", port=embedded.free_port())
-    await server.start_server()
-    try:
-        yield Gateway(app[STATE_KEY], f"http://127.0.0.1:{server.port}")
-    finally:
-        await server.close()
+    port = embedded.free_port()
+    async with serving(app, settings, host="127.0.0.1", port=port):
+        yield Gateway(app[STATE_KEY], f"http://127.0.0.1:{port}")
 
 
 def unique_settings(settings: Settings, **changes: Any) -> Settings:

@@ -341,13 +341,37 @@ async def test_bad_amounts(evolution: Provider, wallet: Backend, player: PlayerS
     assert wallet.executed == []
 
 
-async def test_integer_and_exponent_amounts(evolution: Provider, player: PlayerSession) -> None:
+async def test_integer_amounts(evolution: Provider, player: PlayerSession) -> None:
     call = debit(evolution, player, 1_00)
     data = await ask(evolution, Call(call.path, call.headers, call.body.replace(b'"amount":1.00', b'"amount":2')))
     assert data["balance"] == Decimal("98.00")
-    call = debit(evolution, player, 1_00, ref="e")
-    data = await ask(evolution, Call(call.path, call.headers, call.body.replace(b'"amount":1.00', b'"amount":1E1')))
-    assert data["balance"] == Decimal("88.00")
+
+
+@pytest.mark.parametrize("amount", [b"1E1", b"1e1", b"0.1e2", b"10.0e0", b"1e-0", b"1e999999", b"-1e999999",
+                                    b"1" * 41, b"0." + b"0" * 39 + b"1"])
+@pytest.mark.parametrize("endpoint", ["debit", "credit", "cancel", "promo_payout"])
+async def test_exponent_and_overlong_amounts_are_refused(evolution: Provider, wallet: Backend,
+                                                         player: PlayerSession, endpoint: str,
+                                                         amount: bytes) -> None:
+    """Only plain positional decimals are money: an exponent (even one that means 10.00) or more than 40
+    characters is INVALID_PARAMETER, never a traceback and never a debit or credit."""
+    await ask(evolution, debit(evolution, player, 1_00, ref="placed"))
+    sim = evolution.sim
+    s = player
+    call = {
+        "debit": lambda: debit(evolution, s, 1_00, ref="new"),
+        "credit": lambda: credit(evolution, s, 1_00, ref="placed"),
+        "cancel": lambda: cancel(evolution, s, 1_00, ref="placed"),
+        "promo_payout": lambda: sim.promo_payout(s.player_id, s.token, currency="EUR", amount=1_00),
+    }[endpoint]()
+    body = call.body.replace(b'"amount":1.00', b'"amount":' + amount)
+    assert body != call.body
+    before = len(wallet.executed)
+    reply = await evolution.send(Call(call.path, call.headers, body))
+    assert reply.status == 200 and reply.json["status"] == "INVALID_PARAMETER", reply.body
+    assert reply.json["uuid"] == fields(call)["uuid"]
+    assert len(wallet.executed) == before  # no command was built
+    assert await wallet.balance(player) == 99_00
 
 
 async def test_excess_precision_for_currency(evolution: Provider, wallet: Backend) -> None:
