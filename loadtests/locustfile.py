@@ -69,13 +69,13 @@ def journal() -> Journal:
     return _journal
 
 
-@events.init_command_line_parser.add_listener
+@events.init_command_line_parser.add_listener  # type: ignore[untyped-decorator]
 def _check_config(parser: object) -> None:
     if not OPERATOR_KEY or not SECRET:
         raise SystemExit("set GW_OPERATOR_KEY and GW_PROVIDER_SECRET (or run `make load`)")
 
 
-@events.quitting.add_listener
+@events.quitting.add_listener  # type: ignore[untyped-decorator]
 def _close_journal(**_: Any) -> None:
     if _journal is not None:
         _journal.close()
@@ -111,24 +111,28 @@ class ProviderUser(FastHttpUser):
     def provider_id(self) -> str:
         return PROVIDER
 
-    def post(self, call: Call, name: str) -> tuple[int, bytes, Any]:
-        with self.client.post(call.path, data=call.body, headers=call.headers, name=name,
+    def attempt(self, call: Call, name: str, proto: str) -> tuple[Answer, str, bytes]:
+        """One try; Locust counts a retryable answer as a failure, a definitive one (refusals too) as a success."""
+        with self.client.post(call.path, data=call.body, headers=call.headers, name=name,  # type: ignore[arg-type]
                               catch_response=True) as resp:
-            return resp.status_code or 0, resp.content or b"", resp
+            body = resp.content or b""
+            answer, code = classify(proto, resp.status_code or 0, body)
+            if answer is Answer.RETRY:
+                resp.failure(f"retryable: {code}")
+            else:
+                resp.success()
+        return answer, code, body
 
     def setup_call(self, call: Call, name: str, proto: str) -> dict[str, Any]:
         """A call that moves no money (launch, authenticate), retried while the answer is retryable."""
         for _ in range(50):
-            status, body, resp = self.post(call, name)
-            answer, code = classify(proto, status, body)
+            answer, code, body = self.attempt(call, name, proto)
             if answer is Answer.OK:
-                resp.success()
                 return dict(orjson.loads(body))
-            resp.failure(f"{answer}: {code}")
             if answer is Answer.REFUSED:
                 break
             time.sleep(random.uniform(*RETRY_PAUSE_S))
-        raise RuntimeError(f"{name} failed for {self.player_id}")
+        raise RuntimeError(f"{name} failed for {self.player_id}: {code}")
 
     def open_session(self) -> str:
         launch = self.setup_call(Call("/v1/sessions", self.auth, orjson.dumps({**self.keys,
@@ -143,13 +147,10 @@ class ProviderUser(FastHttpUser):
         j = journal()
         rec = rec_id or j.sent(money, call)
         while True:
-            status, body, resp = self.post(call, name)
-            answer, code = classify(money.proto, status, body)
+            answer, code, _ = self.attempt(call, name, money.proto)
             if answer is not Answer.RETRY:
-                resp.success()
                 j.done(rec, answer, code)
                 return answer
-            resp.failure(f"retryable: {code}")
             time.sleep(random.uniform(*RETRY_PAUSE_S))
 
     # ------------------------------------------------------------------ a native round

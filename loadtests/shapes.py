@@ -30,7 +30,7 @@ class TournamentBurst(_Sized):
 
     def tick(self) -> tuple[int, float] | None:
         users, run_time = self._options()
-        now = self.get_run_time()
+        now = self.get_run_time()  # type: ignore[no-untyped-call]
         for end, target, rate, _ in burst_plan(users, run_time):
             if now < end:
                 return target, rate
@@ -44,6 +44,6 @@ class Steady(_Sized):
 
     def tick(self) -> tuple[int, float] | None:
         users, run_time = self._options()
-        if self.get_run_time() >= run_time:
+        if self.get_run_time() >= run_time:  # type: ignore[no-untyped-call]
             return None
         return users, max(users / max(run_time * 0.1, 1.0), 1.0)
