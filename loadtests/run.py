@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,8 +106,12 @@ def existing_gateway(base: str, data: Path, shards: int) -> Target:
     except OSError as exc:
         raise SystemExit(f"a gateway answers on {base} but its keys are not in {data}/ ({exc}); "
                          f"set GATEWAY_DATA_DIR or stop it") from None
-    dsns = os.environ.get("GATEWAY_PG_DSNS", "")
-    return Target(base, key, secret, dsns=dict.fromkeys(range(shards), dsns) if dsns else {})
+    dsn = os.environ.get("GATEWAY_PG_DSNS", "")
+    if not dsn:  # the embedded PostgreSQL of `make run`: its port is in the cluster's postmaster.pid
+        with contextlib.suppress(OSError, IndexError):
+            port = (data / "pg" / "postmaster.pid").read_text().splitlines()[3].strip()
+            dsn = f"postgresql://postgres@127.0.0.1:{port}/gateway"
+    return Target(base, key, secret, dsns=dict.fromkeys(range(shards), dsn) if dsn else {})
 
 
 def stop_gateway(target: Target) -> None:
@@ -116,6 +122,8 @@ def stop_gateway(target: Target) -> None:
         target.up.wait(90)
     except subprocess.TimeoutExpired:
         target.up.kill()
+    if target.data is not None:
+        shutil.rmtree(target.data, ignore_errors=True)
 
 
 # --- CPU accounting -------------------------------------------------------------------------------------
