@@ -265,14 +265,15 @@ class Rollbacks(ProviderUser):
 
 
 class HotPlayer(ProviderUser):
-    """All of these users play one player: its limits, its shard and its row are the hot spot."""
+    """All of these users play one player, several rounds at once each: its limits, row and shard are hot."""
 
     weight = 1
     shared_player = f"ld{RUN}-hot"
+    parallel_rounds = 4
 
     @task
     def round(self) -> None:
-        self.native_round()
+        gevent.joinall([gevent.spawn(self.native_round) for _ in range(self.parallel_rounds)], timeout=60)
 
 
 class SessionWatchers(ProviderUser):

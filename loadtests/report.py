@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -50,14 +51,18 @@ def _history(out: Path) -> tuple[list[int], dict[int, dict[str, Any]]]:
 
 def sustained(times: list[int], per: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """The best bet+win rate held for ``SUSTAIN_WINDOW_S`` seconds with every second's p95 under the SLO."""
-    best: dict[str, Any] = {"betwin_rps": 0.0, "window_start_s": None, "p95_max_ms": None}
+    best: dict[str, Any] = {"betwin_rps": 0.0, "window_start_s": None, "p95_max_ms": None,
+                            "peak_betwin_rps": 0.0, "peak_p95_max_ms": None}
     for i in range(len(times) - SUSTAIN_WINDOW_S + 1):
         window = [per[t] for t in times[i:i + SUSTAIN_WINDOW_S]]
+        rate = sum(w["betwin_rps"] for w in window) / len(window)
+        if rate > best["peak_betwin_rps"]:
+            best |= {"peak_betwin_rps": round(rate, 1), "peak_p95_max_ms": max(w["p95"] for w in window)}
         if all(0 < w["p95"] < SLO_P95_MS for w in window):
             rate = sum(w["betwin_rps"] for w in window) / len(window)
             if rate > best["betwin_rps"]:
-                best = {"betwin_rps": round(rate, 1), "window_start_s": times[i] - times[0],
-                        "p95_max_ms": max(w["p95"] for w in window)}
+                best |= {"betwin_rps": round(rate, 1), "window_start_s": times[i] - times[0],
+                         "p95_max_ms": max(w["p95"] for w in window)}
     return best
 
 
@@ -150,7 +155,9 @@ def write_report(out: Path, *, args: dict[str, Any], started: float, ended: floa
     summary: dict[str, Any] = {
         "run": {"shape": args["shape"], "base_users": args["users"], "seconds": args["seconds"],
                 "classes": args["classes"], "websocket": "absent (GET /v1/ws: 404), SessionWatchers left out"
-                if args["ws_status"] == 404 else f"GET /v1/ws: {args['ws_status']}"},
+                if args["ws_status"] == 404 else f"GET /v1/ws: {args['ws_status']}",
+                "loadavg_before": args.get("loadavg_before"), "loadavg_after": args.get("loadavg_after"),
+                "cpus": os.cpu_count()},
         "throughput": {"calls": calls, "calls_per_s": round(calls / elapsed, 1), "bet_win_calls": betwin,
                        "bet_win_per_s": round(betwin / elapsed, 1),
                        "retryable_answers": int(agg["Failure Count"]),
@@ -191,11 +198,17 @@ def _markdown(s: dict[str, Any], title: str) -> str:
              f"| gateway, all calls (setup included) | {t['calls']} | {t['calls_per_s']} | {t['p50_ms']:.0f} | "
              f"{t['p95_ms']:.0f} | {t['p99_ms']:.0f} |",
              f"| gateway, bet+win calls | {t['bet_win_calls']} | {t['bet_win_per_s']} | | | |",
-             f"| trivial aiohttp handler, same Locust client, {tr['users']} users, {tr['seconds']} s | {tr['calls']} | "
+             f"| trivial aiohttp handler, same Locust client, {tr['users']} users back to back, {tr['seconds']} s "
+             f"| {tr['calls']} | "
              f"{tr['rps']:.0f} | {tr['p50_ms']:.0f} | {tr['p95_ms']:.0f} | {tr['p99_ms']:.0f} |", "",
-             f"Sustained bet+win rate with p95 < {st['slo_p95_ms']:.0f} ms over {st['window_s']} s: "
-             f"**{st['betwin_rps']} calls/s** (window from {st['window_start_s']} s, "
-             f"p95 at most {st['p95_max_ms']} ms). "
+             (f"Sustained bet+win rate with p95 < {st['slo_p95_ms']:.0f} ms over {st['window_s']} s: "
+              f"**{st['betwin_rps']} calls/s** (window from {st['window_start_s']} s, "
+              f"p95 at most {st['p95_max_ms']} ms). " if st["window_start_s"] is not None else
+              f"No {st['window_s']} s window kept p95 under {st['slo_p95_ms']:.0f} ms. ") +
+             f"Best {st['window_s']} s bet+win rate: {st['peak_betwin_rps']} calls/s "
+             f"(p95 up to {st['peak_p95_max_ms']} ms). Load average of the machine before/after: "
+             f"{s['run']['loadavg_before']} / {s['run']['loadavg_after']} ({s['run']['cpus']} CPUs, shared with "
+             f"everything measured). "
              f"Retryable answers (429/503/Pragmatic 100, each retried with the same transaction id): "
              f"{t['retryable_answers']}.", "",
              "## Shedding and queues (gateway /metrics)", "",

@@ -320,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                "GW_LOAD_JOURNAL": str(out / "journal"), "GW_LOAD_RUN": stamp[-7:].lower(),
                "GW_LOAD_SHAPE": args.shape, "GW_WIN_RATIO": args.win_ratio}
         print(f"load: {args.shape} load, {args.users} base users, {seconds}s: {', '.join(classes)}", flush=True)
+        loadavg_before = [round(x, 2) for x in os.getloadavg()]
         metrics_before = scrape(target.base)
         sampler = MetricsSampler(target.base)
         sampler.start()
@@ -329,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                             "--csv-full-history", "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "2",
                             *classes], env, out / "locust.log", target)
         ended = time.time()
+        loadavg_after = [round(x, 2) for x in os.getloadavg()]
         sampler.halt.set()
         sampler.join(5)
         metrics_after = scrape(target.base)
@@ -340,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 target.dsns or None))
     finally:
         stop_gateway(target)
-    report = write_report(out, args=vars(args) | {"seconds": seconds, "classes": classes, "ws_status": ws_status},
+    report = write_report(out, args=vars(args) | {"seconds": seconds, "classes": classes, "ws_status": ws_status,
+                                              "loadavg_before": loadavg_before, "loadavg_after": loadavg_after},
                           started=started, ended=ended, trivial=trivial, cpu=cpu, metrics=(metrics_before,
                           metrics_after), samples=sampler.samples, result=result)
     print(report.read_text())
