@@ -32,19 +32,29 @@ def _f(v: str) -> float:
 
 
 def _history(out: Path) -> tuple[list[int], dict[int, dict[str, Any]]]:
-    """Per second: users, total req/s, retryable/s, bet+win req/s and the windowed p50/p95/p99."""
+    """Per second: users, calls/s, retryable/s and bet+win calls/s (exact, from the running totals Locust
+    writes each second) and Locust's p50/p95/p99 (over its last 10 s)."""
     per: dict[int, dict[str, Any]] = defaultdict(lambda: {"betwin_rps": 0.0, "money_rps": 0.0})
+    last: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def rate(name: str, column: str, t: int, total: float) -> float:
+        prev_t, prev = last.get((name, column), (t, total))
+        last[(name, column)] = (t, total)
+        return (total - prev) / (t - prev_t) if t > prev_t else 0.0
+
     with (out / "locust_stats_history.csv").open() as f:
         for r in csv.DictReader(f):
-            t = int(r["Timestamp"])
+            t, name = int(r["Timestamp"]), r["Name"]
             row = per[t]
-            if r["Name"] == "Aggregated":
-                row.update(users=int(r["User Count"]), rps=_f(r["Requests/s"]), fail_rps=_f(r["Failures/s"]),
+            calls = rate(name, "calls", t, _f(r["Total Request Count"]))
+            if name == "Aggregated":
+                row.update(users=int(r["User Count"]), rps=calls,
+                           fail_rps=rate(name, "fails", t, _f(r["Total Failure Count"])),
                            p50=_f(r["50%"]), p95=_f(r["95%"]), p99=_f(r["99%"]))
-            elif _BET_WIN.match(r["Name"]):
-                row["betwin_rps"] += _f(r["Requests/s"])
-            if _MONEY.match(r["Name"]):
-                row["money_rps"] += _f(r["Requests/s"])
+            elif _BET_WIN.match(name):
+                row["betwin_rps"] += calls
+            if _MONEY.match(name):
+                row["money_rps"] += calls
     times = sorted(t for t in per if "rps" in per[t])
     return times, per
 
@@ -124,9 +134,12 @@ def _chart(path: Path, times: list[int], per: dict[int, dict[str, Any]], samples
         base_shed = samples[0]["shed"]
         ax3.plot(sx, [s["shed"] - base_shed for s in samples], label="shed bets (cumulative)", color="tab:red")
         base_rl = samples[0]["rate_limited"]
-        ax3.plot(sx, [s["rate_limited"] - base_rl for s in samples], label="rate-limited (cumulative)",
-                 color="tab:purple", lw=0.8)
-    ax3.set_ylabel("commands")
+        limited = ax3.twinx()
+        limited.plot(sx, [s["rate_limited"] - base_rl for s in samples], label="rate-limited calls (cumulative)",
+                     color="tab:purple", lw=0.8)
+        limited.set_ylabel("rate-limited calls")
+        limited.legend(loc="upper right")
+    ax3.set_ylabel("commands queued / shed")
     ax3.set_xlabel("seconds")
     ax3.legend(loc="upper left")
     for ax in (ax1, ax2, ax3):
