@@ -113,3 +113,48 @@ def test_the_tournament_burst_ramps_spikes_holds_and_falls() -> None:
     targets = [target for _, target, _, _ in plan]
     assert targets == [50, 50, 200, 200, 50, 50]
     assert plan[-1][0] == 100
+
+
+def test_report_measures_the_sustained_rate_phases_and_verdict(tmp_path: Path) -> None:
+    """The report's arithmetic on a made-up run: 20 s of 100 bet+win calls/s, p95 under the SLO for the
+    first 12 s only; a reconciliation problem turns the verdict."""
+    from loadtests.check import CheckResult
+    from loadtests.report import write_report
+
+    cols = ["Timestamp", "User Count", "Type", "Name", "Requests/s", "Failures/s", "50%", "95%", "99%",
+            "Total Request Count", "Total Failure Count"]
+    with (tmp_path / "locust_stats_history.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for i in range(21):
+            p95 = 100 if i < 12 else 400
+            w.writerow([1000 + i, 10, "POST", "native bet", 0, 0, 20, p95, p95, 100 * i, 0])
+            w.writerow([1000 + i, 10, "", "Aggregated", 0, 0, 20, p95, p95, 120 * i, 2 * i])
+    with (tmp_path / "locust_stats.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Name", "Request Count", "Failure Count", "Requests/s", "50%", "95%", "99%"])
+        w.writerow(["native bet", 2000, 0, 100, 20, 300, 400])
+        w.writerow(["Aggregated", 2400, 40, 120, 20, 300, 400])
+    sample = {"t": 1005.0, "queued": {"bet": 7, "settle": 3}, "shed": 4, "rate_limited": 9, "timeouts": 0,
+              "shedding_shards": 1, "by_status": {"200": 2400, "429": 9}}
+    before = sample | {"shed": 0, "rate_limited": 0, "by_status": {}}
+    common: dict[str, Any] = {
+        "args": {"shape": "burst", "users": 10, "seconds": 20, "classes": ["RoundPlayer"], "ws_status": 404},
+        "started": 1000.0, "ended": 1020.0, "cpu": {"gateway": 1.2},
+        "trivial": {"users": 10, "seconds": 5, "calls": 5000, "rps": 1000.0, "p50_ms": 1.0, "p95_ms": 2.0,
+                    "p99_ms": 3.0, "cpu_us_per_call": {"trivial handler": 50.0}},
+        "metrics": (before, sample), "samples": [sample]}
+    md = write_report(tmp_path, result=CheckResult(calls=10, succeeded=10), **common)
+    report = orjson.loads((tmp_path / "report.json").read_bytes())
+    assert report["sustained_at_slo"]["betwin_rps"] == 100.0  # 12 s under the SLO hold a 10 s window
+    assert report["sustained_at_slo"]["window_start_s"] == 1  # second 0 has no earlier total to rate from
+    assert report["throughput"]["bet_win_calls"] == 2000 and report["throughput"]["calls_per_s"] == 120.0
+    assert report["gateway_metrics"]["shed_bets"] == 4 and report["gateway_metrics"]["queued_max"] == {
+        "bet": 7, "settle": 3}
+    assert report["cpu_us_per_call"]["gateway"] == 500.0  # 1.2 s over 2400 calls
+    assert [p["phase"] for p in report["phases"]] == ["ramp", "base", "spike", "hold", "fall", "after"]
+    assert (tmp_path / "chart.png").stat().st_size > 0 and "**CLEAN**" in md.read_text()
+
+    failed = write_report(tmp_path, result=CheckResult(problems=["demo/x: answered success but not in the "
+                                                                 "ledger (lost)"]), **common)
+    assert "**FAILED**" in failed.read_text() and "(lost)" in failed.read_text()
