@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import json
 import os
 import re
 import secrets
@@ -334,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler.halt.set()
         sampler.join(5)
         metrics_after = scrape(target.base)
+        (out / "metrics-samples.json").write_text(json.dumps(sampler.samples))
         if code not in (0, 1) or not Path(f"{out / 'locust'}_stats.csv").exists():
             print((out / "locust.log").read_text()[-3000:], file=sys.stderr)
             return 2
