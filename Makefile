@@ -7,7 +7,10 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 PYTEST_ARGS ?=
 DATA    ?= .gateway
-LOAD_ARGS ?= --headless -u 50 -r 10 -t 60s
+USERS   ?= 50
+TIME    ?= 60s
+SHAPE   ?= burst
+LOAD_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: run test lint load bench bench-ledger bench-e2e bench-hotpath bench-redis build clean install help
@@ -16,7 +19,7 @@ help:
 	@echo "make run     - the whole stack on this machine (gateway up)"
 	@echo "make test    - lint, type-check and the whole test suite against real servers"
 	@echo "make lint    - ruff, cython-lint and mypy"
-	@echo "make load    - Locust players against a running make run (LOAD_ARGS to change)"
+	@echo "make load    - Locust tournament load + report + reconciliation (USERS, TIME, SHAPE, LOAD_ARGS)"
 	@echo "make bench   - hot-path, Redis quota, ledger and end-to-end benchmarks (not part of make test)"
 	@echo "make build   - (re)build the Cython extensions in place"
 	@echo "make clean   - remove build products (keeps .venv and .gateway)"
@@ -37,10 +40,10 @@ build: $(STAMP)
 run: build
 	$(BIN)/gateway up
 
-# Locust against a running `make run` (its keys are read from the data folder)
-load: $(STAMP)
-	GW_OPERATOR_KEY=$$(cat $(DATA)/operator.key) GW_PROVIDER_SECRET=$$(cat $(DATA)/demo.secret) \
-	  $(BIN)/locust -f loadtests/locustfile.py --host http://127.0.0.1:$${GATEWAY_HTTP_PORT:-8080} $(LOAD_ARGS)
+# Locust scenarios against the gateway on GATEWAY_HTTP_PORT (8080), or a `gateway up` started for the run;
+# report and reconciliation in results/load-<time>/; non-zero exit when money was lost or doubled
+load: build
+	$(BIN)/python -m loadtests.run --users $(USERS) --time $(TIME) --shape $(SHAPE) $(LOAD_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

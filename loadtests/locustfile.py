@@ -1,65 +1,301 @@
-"""A provider's traffic: each Locust user is one player playing bet+win rounds at the native protocol.
+"""Providers' traffic at tournament peaks, journalled so the run can prove that no money was lost or doubled.
 
-Run against a gateway started with ``make run`` (values from its banner):
+Each Locust user is one provider-side session of one player, speaking the provider's real protocol with
+real signatures (the adapters' simulator clients build the calls):
 
-    GW_OPERATOR_KEY=… GW_PROVIDER_SECRET=$(cat .gateway/demo.secret) \\
-      .venv/bin/locust -f loadtests/locustfile.py --host http://127.0.0.1:8080 \\
-      --headless -u 50 -r 10 -t 60s
+* ``RoundPlayer``: native rounds, bet → win (``GW_WIN_RATIO``) or loss → end round, one new player each.
+* ``PragmaticPlayer``: the same rounds over Pragmatic Play (bet → result → endRound); only when
+  ``GW_PRAGMATIC_SECRET`` is set.
+* ``RetryStorm``: every money call repeated 1-3 times, some copies at the same moment, some after the round.
+* ``Rollbacks``: bets rolled back after they landed, and rollbacks that arrive before their bet.
+* ``HotPlayer``: every user of this class plays the *same* player: one hot wallet, one hot shard.
+* ``SessionWatchers``: players holding the websocket; ``GET /v1/ws`` answering 404 (no websocket in
+  this gateway yet) makes them idle, so the runner leaves the class out then.
 
-Every request is signed exactly as a provider signs it; every money call uses a fresh transaction id,
-and one round in ``GW_RETRY_EVERY`` repeats its bet to exercise the idempotent-retry path.
+As a provider does, a call that got no definitive answer (429/503, ``retryable: true``, Pragmatic 100/120,
+a dropped connection) is sent again, byte for byte with the same transaction id, until it gets one. Every
+call is journalled (``loadtests/journal.py``) for ``loadtests/check.py``.
+
+Configuration (environment): ``GW_OPERATOR_KEY``, ``GW_PROVIDER`` (native provider id, ``demo``),
+``GW_PROVIDER_SECRET``, ``GW_PRAGMATIC_PROVIDER`` (``pragmatic``), ``GW_PRAGMATIC_SECRET``,
+``GW_PRAGMATIC_ID`` (``PragmaticPlay``), ``GW_WIN_RATIO`` (0.45), ``GW_LOAD_JOURNAL`` (folder),
+``GW_LOAD_RUN`` (player id prefix), ``GW_LOAD_SHAPE`` (``burst`` | ``steady`` | ``none``: ``-u``/``-t``
+as given). ``python -m loadtests.run`` (``make load``) sets all of them.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
+import random
+import secrets
+import time
 import uuid
+from typing import Any
 
+import gevent
+import orjson
 from locust import FastHttpUser, between, events, task
 
+from adapters.flow import Call
 from adapters.native import NativeClient
+from adapters.pragmatic import PragmaticClient
+from gateway.money import format_minor
+from loadtests import shapes
+from loadtests.journal import Answer, Journal, Money, classify
 
 OPERATOR_KEY = os.environ.get("GW_OPERATOR_KEY", "")
 PROVIDER = os.environ.get("GW_PROVIDER", "demo")
 SECRET = os.environ.get("GW_PROVIDER_SECRET", "")
-RETRY_EVERY = int(os.environ.get("GW_RETRY_EVERY", "20"))
+PRAGMATIC = os.environ.get("GW_PRAGMATIC_PROVIDER", "pragmatic")
+PRAGMATIC_SECRET = os.environ.get("GW_PRAGMATIC_SECRET", "")
+PRAGMATIC_ID = os.environ.get("GW_PRAGMATIC_ID", "PragmaticPlay")
+WIN_RATIO = float(os.environ.get("GW_WIN_RATIO", "0.45"))
+JOURNAL_DIR = os.environ.get("GW_LOAD_JOURNAL", "results/journal")
+RUN = os.environ.get("GW_LOAD_RUN") or secrets.token_hex(3)
+SHAPE = os.environ.get("GW_LOAD_SHAPE", "none")
+BRAND, CURRENCY = "b1", "EUR"
+DEPOSIT = 1_000_000  # 10 000.00 EUR per deposit: rounds are refused for funds only by accident
+#: pause between attempts of a call that got a retryable answer (a provider's retry policy)
+RETRY_PAUSE_S = (0.05, 0.5)
+
+_journal: Journal | None = None
 
 
-@events.init_command_line_parser.add_listener
+def journal() -> Journal:
+    """This process's journal (made after a ``--processes`` fork, never shared across processes)."""
+    global _journal
+    if _journal is None or _journal.path.name != f"journal-{os.getpid()}.jsonl":
+        _journal = Journal(JOURNAL_DIR)
+    return _journal
+
+
+@events.init_command_line_parser.add_listener  # type: ignore[untyped-decorator]
 def _check_config(parser: object) -> None:
     if not OPERATOR_KEY or not SECRET:
-        raise SystemExit("set GW_OPERATOR_KEY and GW_PROVIDER_SECRET (see the module docstring)")
+        raise SystemExit("set GW_OPERATOR_KEY and GW_PROVIDER_SECRET (or run `make load`)")
 
 
-class Player(FastHttpUser):
-    wait_time = between(0.0, 0.01)
+@events.quitting.add_listener  # type: ignore[untyped-decorator]
+def _close_journal(**_: Any) -> None:
+    if _journal is not None:
+        _journal.close()
+
+
+class ProviderUser(FastHttpUser):
+    """A provider's connection for one player: setup through the operator API, then signed calls."""
+
+    abstract = True
+    wait_time = between(0.0, 0.02)
+    proto = "native"
+    shared_player: str | None = None
 
     def on_start(self) -> None:
-        self.native = NativeClient(PROVIDER, SECRET)
-        self.player = {"tenant_id": "t1", "brand_id": "b1", "license": "MGA",
-                       "player_id": f"load-{uuid.uuid4().hex[:12]}", "currency": "EUR"}
-        auth = {"Authorization": f"Bearer {OPERATOR_KEY}"}
-        self.client.post("/v1/wallet/deposit", json={**self.player, "amount": "100000.00",
-                                                      "idempotency_key": uuid.uuid4().hex}, headers=auth)
-        launch = self.client.post("/v1/sessions", json={**self.player, "provider_id": PROVIDER}, headers=auth)
-        call = self.native.authenticate(launch.json()["launch_token"])
-        self.token = self.client.post(call.path, data=call.body, headers=call.headers).json()["session_token"]
-        self.rounds = itertools.count()
+        self.player_id = self.shared_player or f"ld{RUN}-{uuid.uuid4().hex[:12]}"
+        self.keys = {"tenant_id": "t1", "brand_id": BRAND, "license": "MGA", "player_id": self.player_id,
+                     "currency": CURRENCY}
+        self.auth = {"Authorization": f"Bearer {OPERATOR_KEY}", "Content-Type": "application/json"}
+        key = f"ld{RUN}-dep-{uuid.uuid4().hex}"
+        body = {**self.keys, "amount": format_minor(DEPOSIT, CURRENCY), "idempotency_key": key}
+        deposit = Call("/v1/wallet/deposit", self.auth, orjson.dumps(body))
+        self.send(self.money("deposit", key, DEPOSIT, proto="operator", provider="operator"), deposit,
+                  "operator deposit")
+        self.token = self.open_session()
 
-    def _send(self, call: object, name: str) -> None:
-        path, headers, body = call  # type: ignore[misc]
-        with self.client.post(path, data=body, headers=headers, name=name, catch_response=True) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"{resp.status_code}: {resp.text[:200]}")
+    # ------------------------------------------------------------------ plumbing
+    def money(self, kind: str, tx: str, amount: int = 0, ref: str = "", *, proto: str | None = None,
+              provider: str | None = None) -> Money:
+        return Money(proto or self.proto, provider or self.provider_id, kind, BRAND, self.player_id, CURRENCY,
+                     tx, amount, ref)
+
+    @property
+    def provider_id(self) -> str:
+        return PROVIDER
+
+    def attempt(self, call: Call, name: str, proto: str) -> tuple[Answer, str, bytes]:
+        """One try; Locust counts a retryable answer as a failure, a definitive one (refusals too) as a success."""
+        with self.client.post(call.path, data=call.body, headers=call.headers, name=name,  # type: ignore[arg-type]
+                              catch_response=True) as resp:
+            body = resp.content or b""
+            answer, code = classify(proto, resp.status_code or 0, body)
+            if answer is Answer.RETRY:
+                resp.failure(f"retryable: {code}")
+            else:
+                resp.success()
+        return answer, code, body
+
+    def setup_call(self, call: Call, name: str, proto: str) -> dict[str, Any]:
+        """A call that moves no money (launch, authenticate), retried while the answer is retryable."""
+        for _ in range(50):
+            answer, code, body = self.attempt(call, name, proto)
+            if answer is Answer.OK:
+                return dict(orjson.loads(body))
+            if answer is Answer.REFUSED:
+                break
+            time.sleep(random.uniform(*RETRY_PAUSE_S))
+        raise RuntimeError(f"{name} failed for {self.player_id}: {code}")
+
+    def open_session(self) -> str:
+        launch = self.setup_call(Call("/v1/sessions", self.auth, orjson.dumps({**self.keys,
+                                                                                "provider_id": self.provider_id})),
+                                 "operator session", "operator")
+        answer = self.setup_call(NativeClient(PROVIDER, SECRET).authenticate(launch["launch_token"]),
+                                 "native authenticate", "native")
+        return str(answer["session_token"])
+
+    def send(self, money: Money, call: Call, name: str, rec_id: str | None = None) -> Answer:
+        """Send until definitive; journal it. ``rec_id``: a repeat of an already journalled call."""
+        j = journal()
+        rec = rec_id or j.sent(money, call)
+        while True:
+            answer, code, _ = self.attempt(call, name, money.proto)
+            if answer is not Answer.RETRY:
+                j.done(rec, answer, code)
+                return answer
+            time.sleep(random.uniform(*RETRY_PAUSE_S))
+
+    # ------------------------------------------------------------------ a native round
+    def amounts(self) -> tuple[int, int | None]:
+        bet = random.randint(10, 500)
+        return bet, (random.randint(0, 3 * bet) if random.random() < WIN_RATIO else None)
+
+    def native_round(self, send: Any = None) -> None:
+        send = send or self.send
+        native = NativeClient(PROVIDER, SECRET)
+        rid = f"ld{RUN}-{uuid.uuid4().hex[:16]}"
+        bet, win = self.amounts()
+        answer = send(self.money("bet", f"b-{rid}", bet),
+                      native.bet(self.token, f"b-{rid}", rid, format_minor(bet, CURRENCY), CURRENCY), "native bet")
+        if answer is not Answer.OK:
+            return
+        if win is not None:
+            send(self.money("win", f"w-{rid}", win),
+                 native.win(self.token, f"w-{rid}", rid, format_minor(win, CURRENCY), CURRENCY,
+                            bet_transaction_id=f"b-{rid}", round_closed=True), "native win")
+        else:
+            send(self.money("end", f"e-{rid}"), native.end_round(self.token, rid, transaction_id=f"e-{rid}"),
+                 "native end-round")
+
+
+class RoundPlayer(ProviderUser):
+    weight = 6
 
     @task
     def round(self) -> None:
-        n = next(self.rounds)
-        rid = f"{self.player['player_id']}-{n}"
-        bet = self.native.bet(self.token, f"b-{rid}", rid, "1.00", "EUR")
-        self._send(bet, "bet")
-        if RETRY_EVERY and n % RETRY_EVERY == 0:
-            self._send(bet, "bet (retry)")
-        self._send(self.native.win(self.token, f"w-{rid}", rid, "0.50", "EUR", bet_transaction_id=f"b-{rid}",
-                                   round_closed=True), "win")
+        self.native_round()
+
+
+class PragmaticPlayer(ProviderUser):
+    weight = 2
+    abstract = not PRAGMATIC_SECRET
+    proto = "pragmatic"
+
+    @property
+    def provider_id(self) -> str:
+        return PRAGMATIC
+
+    def open_session(self) -> str:
+        self.pp = PragmaticClient(PRAGMATIC_SECRET, provider_id=PRAGMATIC_ID, base_path=f"/v1/providers/{PRAGMATIC}")
+        launch = self.setup_call(Call("/v1/sessions", self.auth, orjson.dumps({**self.keys,
+                                                                                "provider_id": PRAGMATIC})),
+                                 "operator session", "operator")
+        return str(self.setup_call(self.pp.authenticate(launch["launch_token"]), "pragmatic authenticate",
+                                   "pragmatic")["token"])
+
+    @task
+    def round(self) -> None:
+        rid = self.pp.new_round()
+        bet, win = self.amounts()
+        ref = self.pp.new_reference()
+        call = self.pp.bet(self.player_id, token=self.token, round_id=rid, amount=bet, currency=CURRENCY,
+                           reference=ref)
+        if self.send(self.money("bet", f"bet:{ref}", bet), call, "pragmatic bet") is not Answer.OK:
+            return
+        wref = self.pp.new_reference()
+        self.send(self.money("win", f"result:{wref}", win or 0),
+                  self.pp.result(self.player_id, token=self.token, round_id=rid, amount=win or 0,
+                                 currency=CURRENCY, reference=wref), "pragmatic result")
+        self.send(self.money("end", f"endRound:{rid}"),
+                  self.pp.end_round(self.player_id, round_id=rid, token=self.token), "pragmatic endRound")
+
+
+class RetryStorm(ProviderUser):
+    """Each call 1-3 times: copies in parallel with the first, or again after the round is over."""
+
+    weight = 2
+
+    def storm_send(self, money: Money, call: Call, name: str) -> Answer:
+        copies = random.randint(0, 2)
+        mode = random.choice(("parallel", "late"))
+        if copies and mode == "parallel":
+            rec = journal().sent(money, call)
+            jobs = [gevent.spawn(self.send, money, call, f"{name} (parallel copy)", rec) for _ in range(copies)]
+            answer = self.send(money, call, name, rec)
+            gevent.joinall(jobs, timeout=30)
+            return answer
+        answer = self.send(money, call, name)
+        self.late.extend([(money, call, name)] * copies)
+        return answer
+
+    @task
+    def round(self) -> None:
+        self.late: list[tuple[Money, Call, str]] = []
+        self.native_round(self.storm_send)
+        for money, call, name in self.late:
+            self.send(money, call, f"{name} (late copy)")
+
+
+class Rollbacks(ProviderUser):
+    """A bet rolled back after it landed, or a rollback that overtakes its bet (which is then refused)."""
+
+    weight = 1
+
+    @task
+    def round(self) -> None:
+        native = NativeClient(PROVIDER, SECRET)
+        rid = f"ld{RUN}-{uuid.uuid4().hex[:16]}"
+        bet = random.randint(10, 500)
+        bet_call = (self.money("bet", f"b-{rid}", bet),
+                    native.bet(self.token, f"b-{rid}", rid, format_minor(bet, CURRENCY), CURRENCY), "native bet")
+        rollback = (self.money("rollback", f"r-{rid}", 0, ref=f"b-{rid}"),
+                    native.rollback(self.token, f"r-{rid}", f"b-{rid}", round_id=rid, round_closed=True),
+                    "native rollback")
+        first, second = (bet_call, rollback) if random.random() < 0.5 else (rollback, bet_call)
+        self.send(*first)
+        self.send(*second)
+
+
+class HotPlayer(ProviderUser):
+    """All of these users play one player, several rounds at once each: its limits, row and shard are hot."""
+
+    weight = 1
+    shared_player = f"ld{RUN}-hot"
+    parallel_rounds = 4
+
+    @task
+    def round(self) -> None:
+        gevent.joinall([gevent.spawn(self.native_round) for _ in range(self.parallel_rounds)], timeout=60)
+
+
+class SessionWatchers(ProviderUser):
+    """Players holding the websocket; idle when the gateway has none (``GET /v1/ws`` → 404)."""
+
+    weight = 1
+    wait_time = between(1.0, 2.0)
+
+    def on_start(self) -> None:
+        with self.client.get("/v1/ws", name="ws probe", catch_response=True) as resp:
+            self.missing = resp.status_code == 404
+            resp.success()
+
+    @task
+    def watch(self) -> None:
+        # the websocket protocol is not defined yet: nothing to count until it is
+        return
+
+
+if SHAPE == "burst":
+    class LoadShape(shapes.TournamentBurst):
+        abstract = False
+elif SHAPE == "steady":
+    class LoadShape(shapes.Steady):  # type: ignore[no-redef]
+        abstract = False
