@@ -35,6 +35,7 @@ from adapters.jsonwire import BadNumber, DuplicateKey, Raw, dumps, loads_exact, 
 from gateway import errors as e
 from gateway.http import ClientDisconnected
 from gateway.money import format_minor, to_minor
+from gateway.unexpected import answer_for
 from ledger.commands import Command, Kind, Result, clean_text
 
 log = logging.getLogger(__name__)
@@ -198,9 +199,9 @@ class EvolutionAdapter(Adapter):
             reply = self._error(self.error_code(exc), exc.balance, exc.currency, uuid)
         except _Answer as answer:
             reply = self._error(answer.status, answer.result.balance, answer.result.currency, uuid)
-        except Exception:
-            log.exception("evolution %s failed", request.path)
-            reply = self._error(self.error_code(e.InternalError), None, None, uuid)
+        except Exception as exc:
+            err = answer_for(exc, f"evolution {request.path}", log)
+            reply = self._error(self.error_code(err), None, None, uuid)
         return self._json(reply)
 
     @staticmethod

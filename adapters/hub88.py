@@ -32,6 +32,7 @@ from adapters.flow import Call
 from gateway import errors as e
 from gateway.http import ClientDisconnected, header_bytes, unique_keys
 from gateway.money import exponent
+from gateway.unexpected import answer_for
 from ledger.commands import Command, Kind, clean_text
 
 log = logging.getLogger(__name__)
@@ -247,9 +248,9 @@ class Hub88Adapter(Adapter):
         except _WrongTypes as exc:
             log.debug("hub88 %s: %s", request.path, exc)
             reply = self._error(echo, "RS_ERROR_WRONG_TYPES", None)
-        except Exception:
-            log.exception("hub88 %s failed", request.path)
-            reply = self._error(echo, self.error_code(e.InternalError), None)
+        except Exception as exc:
+            err = answer_for(exc, f"hub88 {request.path}", log)
+            reply = self._error(echo, self.error_code(err), err)
         return web.Response(body=orjson.dumps(reply), content_type="application/json")
 
     @staticmethod

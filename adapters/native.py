@@ -25,6 +25,7 @@ from adapters.flow import Call
 from gateway import errors as E
 from gateway.http import ClientDisconnected, field, header_bytes, unique_keys
 from gateway.money import exponent, format_minor, to_minor
+from gateway.unexpected import answer_for
 from ledger.commands import Kind, Result
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,8 @@ class NativeAdapter(Adapter):
                 raise
             except E.GatewayError as exc:
                 return self.render_error(exc)
-            except Exception:
-                log.exception("native %s: unhandled error on %s", self.config.id, request.path)
-                return self.render_error(E.InternalError())
+            except Exception as exc:
+                return self.render_error(answer_for(exc, f"native {self.config.id} {request.path}", log))
 
         return endpoint
 

@@ -42,6 +42,7 @@ from adapters.jsonwire import Raw, dumps
 from gateway import errors as e
 from gateway.http import ClientDisconnected
 from gateway.money import exponent, format_minor, to_minor
+from gateway.unexpected import answer_for
 from ledger.commands import Command, Kind, Result, clean_text
 
 log = logging.getLogger(__name__)
@@ -256,9 +257,8 @@ class PragmaticAdapter(Adapter):
             reply = self._error(self.error_code(exc))
         except _Answer as answer:
             reply = self._error(answer.code)
-        except Exception:
-            log.exception("pragmatic %s failed", method)
-            reply = self._error(self.error_code(e.InternalError))
+        except Exception as exc:
+            reply = self._error(self.error_code(answer_for(exc, f"pragmatic {method}", log)))
         return self._json(reply)
 
     @staticmethod

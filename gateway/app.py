@@ -34,6 +34,7 @@ from gateway.quota import RedisQuota
 from gateway.sessions import SessionStore
 from gateway.settings import SETTINGS_KEY, Settings
 from gateway.state import STATE_KEY, GatewayState
+from gateway.unexpected import answer_for
 from gateway.wallet import Wallet
 from ledger import transport
 from ledger.sharding import pools_for
@@ -57,9 +58,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return json_response({"error": {"code": "not_found" if exc.status == 404 else "method_not_allowed",
                                              "message": exc.reason, "retryable": False}}, exc.status)
         raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(E.InternalError())
+    except Exception as exc:
+        return error_response(answer_for(exc, f"{request.method} {request.path}", log))
 
 
 async def openapi(request: web.Request) -> web.Response:
