@@ -1,0 +1,528 @@
+"""The player session websocket, ``GET /v1/ws``: balance, round, RG and degradation pushes.
+
+Fan-out: each gateway process holds ONE JetStream ordered consumer on ``<prefix>events.>`` and routes
+every committed event in-process to the sockets of its player (a dict lookup; events of players with
+no socket here are dropped after the lookup). Any replica therefore serves any player, a commit reaches
+every replica once, and the per-process cost is one decode per event, not per socket. The event's
+stream sequence travels with each push as ``cursor``: it is global, so a client that reconnects to
+another replica resumes from JetStream itself (``resume``), not from a replica's memory.
+
+Memory per connection is bounded: outgoing messages wait in a queue of at most ``ws_queue_max``
+entries where a newer ``balance`` replaces a queued one (conflation); a client whose queue is full, or
+whose send stalls for ``ws_send_timeout_s``, is disconnected (code 4008). The transport's write buffer
+and the kernel send buffer are capped by ``ws_send_buffer_bytes``; client messages by ``MAX_IN_BYTES``.
+Idle sockets own no task: a writer task exists only while a queue is non-empty, and one ticker per
+process runs reality checks, session-time limits and degradation notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import orjson
+from aiohttp import WSMsgType, web
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from adapters.base import PlayerSession
+from gateway import errors as E
+from gateway.degradation import BETS_PAUSED, NO_NEW_SESSIONS, NORMAL
+from gateway.http import json_response
+from gateway.settings import Settings
+from gateway.state import STATE_KEY, GatewayState
+from ledger import transport
+from ledger.rules import subject_token
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "gateway.v1"
+TOKEN_PROTOCOL_PREFIX = "token."
+MAX_IN_BYTES = 4096
+CLOSE_SLOW = 4008
+CLOSE_SESSION_TIME = 4002
+BALANCE_TYPES = frozenset({"wallet.debited", "wallet.credited"})
+ROUND_TYPES = frozenset({"bet.placed", "bet.settled", "bet.rolled_back", "round.closed"})
+_SEVERITY = {NORMAL: 0, NO_NEW_SESSIONS: 1, BETS_PAUSED: 2}
+
+PlayerKey = tuple[str, str, str]  # tenant, brand, player
+
+
+def message_for(event: dict[str, Any], cursor: int) -> dict[str, Any] | None:
+    """The push a committed event becomes (``None``: nothing to tell the player)."""
+    etype = event.get("type")
+    if etype in BALANCE_TYPES:
+        sign = -1 if etype == "wallet.debited" else 1
+        return {"type": "balance", "balance": event["balance"], "currency": event["currency"],
+                "change": sign * event["amount"], "tx_id": event["tx_id"], "event": event["id"], "cursor": cursor}
+    if etype in ROUND_TYPES:
+        return {"type": "round", "event": etype, "round_id": event["round_id"], "tx_id": event["tx_id"],
+                "provider_id": event["provider_id"], "amount": event["amount"], "balance": event["balance"],
+                "currency": event["currency"], "cursor": cursor}
+    if etype == "rg.limit_reached":
+        return {"type": "rg", "kind": "limit_reached", "limit": event["limit"], "amount": event["amount"],
+                "currency": event["currency"], "cursor": cursor}
+    return None
+
+
+class Conn:
+    """One socket: its session, its bounded outgoing queue and the state of its timers."""
+
+    __slots__ = ("_balance", "closed", "flusher", "hub", "key", "last_cursor", "mode", "next_reality_ms",
+                 "pending", "queue", "resuming", "seq", "session", "session_end_ms", "transport", "ws")
+
+    def __init__(self, hub: Hub, ws: web.WebSocketResponse, session: PlayerSession, transport: Any) -> None:
+        self.hub = hub
+        self.ws = ws
+        self.session = session
+        self.transport = transport
+        self.key: PlayerKey = (session.tenant_id, session.brand_id, session.player_id)
+        self.seq = 0
+        self.queue: deque[dict[str, Any]] = deque()
+        self._balance: dict[str, Any] | None = None  # the queued, not yet sent, balance message
+        self.flusher: asyncio.Task[None] | None = None
+        self.closed = False
+        #: while a resume replays from JetStream, live pushes wait here (same bound as the queue)
+        self.resuming = True
+        self.pending: list[dict[str, Any]] = []
+        self.last_cursor = 0
+        self.mode = NORMAL
+        self.next_reality_ms = 0
+        self.session_end_ms = 0
+
+    def push(self, msg: dict[str, Any], *, live: bool = False) -> None:
+        """Queue a message (never blocks); conflates balances, disconnects a client that stays behind."""
+        if self.closed:
+            return
+        if live and self.resuming:
+            if len(self.pending) >= self.hub.settings.ws_queue_max:
+                self.hub.slow(self)
+                return
+            self.pending.append(msg)
+            return
+        if msg["type"] == "balance" and self._balance is not None and self._balance["currency"] == msg["currency"]:
+            change = self._balance["change"] + msg["change"]
+            self._balance.update(msg)
+            self._balance["change"] = change
+            self._balance["conflated"] = True
+            self.hub.conflated += 1
+            return
+        if len(self.queue) >= self.hub.settings.ws_queue_max:
+            self.hub.slow(self)
+            return
+        self.queue.append(msg)
+        if msg["type"] == "balance":
+            self._balance = msg
+        self.hub.high_water = max(self.hub.high_water, len(self.queue))
+        if self.flusher is None:
+            self.flusher = asyncio.create_task(self._flush())
+
+    def deliver(self, msg: dict[str, Any]) -> None:
+        """A live event push: skips what a resume already replayed."""
+        cursor = msg.get("cursor", 0)
+        if self.resuming:
+            self.push(msg, live=True)
+            return
+        if cursor and cursor <= self.last_cursor:
+            return
+        self.push(msg)
+        self.last_cursor = max(self.last_cursor, cursor)
+
+    def end_resume(self, replayed_to: int) -> None:
+        self.resuming = False
+        self.last_cursor = max(self.last_cursor, replayed_to)
+        pending, self.pending = self.pending, []
+        for msg in pending:
+            self.deliver(msg)
+
+    async def _flush(self) -> None:
+        timeout = self.hub.settings.ws_send_timeout_s
+        try:
+            while self.queue and not self.closed:
+                msg = self.queue.popleft()
+                if msg is self._balance:
+                    self._balance = None
+                self.seq += 1
+                msg["seq"] = self.seq
+                async with asyncio.timeout(timeout):
+                    await self.ws.send_str(orjson.dumps(msg).decode())
+                self.hub.sent += 1
+        except TimeoutError:
+            self.hub.slow(self)
+        except (ConnectionError, RuntimeError) as exc:  # peer gone mid-send: the read loop ends the socket
+            log.debug("ws send to %s failed: %s", self.key, exc)
+            self.closed = True
+        finally:
+            self.flusher = None
+
+    async def drained(self, within_s: float) -> None:
+        """Wait (bounded) until everything queued has been handed to the transport."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                while self.flusher is not None and not self.closed:
+                    await asyncio.wait({self.flusher})
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Hub:
+    """Per-process registry of sockets by player, fed by one ordered consumer on the event stream."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+        self.settings: Settings = state.settings
+        self.by_player: dict[PlayerKey, list[Conn]] = {}
+        self.count = 0
+        self.cursor = 0  # stream sequence of the newest event seen
+        self.sent = self.conflated = self.slow_disconnects = self.high_water = 0
+        self.closing = False
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._degradation_changes = -1
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._consume(), name="ws-events"),
+                       asyncio.create_task(self._ticker(), name="ws-ticker")]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def shutdown(self, drain_s: float) -> None:
+        """Every socket gets ``bye`` (with a jittered reconnect hint) and is closed within ``drain_s``."""
+        self.closing = True
+        conns = [c for cs in self.by_player.values() for c in cs]
+        jitter = self.settings.ws_reconnect_jitter_ms
+        for c in conns:
+            c.resuming = False
+            c.push({"type": "bye", "reason": "draining", "reconnect_after_ms": random.randint(0, jitter)})
+
+        async def close(c: Conn) -> None:
+            await c.drained(drain_s)
+            with contextlib.suppress(Exception):
+                await c.ws.close(code=1001, message=b"draining")
+
+        if conns:
+            _, not_done = await asyncio.wait([asyncio.create_task(close(c)) for c in conns], timeout=drain_s)
+            for t in not_done:
+                t.cancel()
+            for c in conns:
+                if not c.ws.closed:
+                    c.abort()
+
+    # ------------------------------------------------------------------ registry
+    def add(self, conn: Conn) -> None:
+        self.by_player.setdefault(conn.key, []).append(conn)
+        self.count += 1
+
+    def remove(self, conn: Conn) -> None:
+        conn.closed = True
+        conns = self.by_player.get(conn.key)
+        if conns and conn in conns:
+            conns.remove(conn)
+            self.count -= 1
+            if not conns:
+                del self.by_player[conn.key]
+
+    def slow(self, conn: Conn) -> None:
+        """A client that does not keep up is cut off: its memory stays bounded, it resumes on reconnect."""
+        if conn.closed:
+            return
+        self.slow_disconnects += 1
+        log.info("ws: disconnecting slow client %s (queue %d)", conn.key, len(conn.queue))
+        conn.queue.clear()
+        conn.pending.clear()
+        conn.abort()
+
+    # ------------------------------------------------------------------ live events
+    def _subject(self) -> str:
+        return f"{transport.subject_prefix(self.settings)}events.>"
+
+    def _stream(self) -> str:
+        return transport.stream_name(self.settings, self.settings.events_stream_name)
+
+    async def _consume(self) -> None:
+        """Keep one ordered consumer subscribed; resubscribe with backoff after any failure."""
+        js = self.state.nc.jetstream()
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                sub = await js.subscribe(self._subject(), stream=self._stream(), cb=self._on_msg,
+                                         ordered_consumer=True, deliver_policy=DeliverPolicy.NEW,
+                                         pending_msgs_limit=100_000)
+                delay = 0.2
+                try:
+                    await self._stop.wait()
+                finally:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("ws: event subscription failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        try:
+            cursor = msg.metadata.sequence.stream
+            self.cursor = max(self.cursor, cursor)
+            event = orjson.loads(msg.data)
+            conns = self.by_player.get((event["tenant_id"], event["brand_id"], event["player_id"]))
+            if not conns:
+                return
+            out = message_for(event, cursor)
+            if out is None:
+                return
+            for c in list(conns):
+                c.deliver(dict(out))
+                if out["type"] == "rg" and out["limit"] == "session_limit":
+                    self._end_session(c)
+        except Exception:  # one bad event must not stop the fan-out
+            log.exception("ws: could not route event on %s", msg.subject)
+
+    # ------------------------------------------------------------------ resume
+    async def replay(self, conn: Conn, after: int) -> tuple[int, int, bool]:
+        """Push this player's events with stream sequence > ``after``; (replayed, last cursor, complete)."""
+        s = conn.session
+        subject = (f"{transport.subject_prefix(self.settings)}events.{subject_token(s.tenant_id)}."
+                   f"{subject_token(s.brand_id)}.>")
+        js = self.state.nc.jetstream()
+        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
+        limit = self.settings.ws_resume_max_events
+        scanned = replayed = 0
+        last = after
+        complete = True
+        try:
+            sub = await js.subscribe(subject, stream=self._stream(), config=cfg, ordered_consumer=True)
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning("ws: resume for %s failed: %s", conn.key, exc)
+            return 0, after, False
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=1.0)
+                except nats.errors.TimeoutError:
+                    break  # nothing (more) stored after the cursor
+                meta = msg.metadata
+                last = meta.sequence.stream
+                if scanned == 0 and last > after + 1 and after:
+                    complete = False  # the stream no longer holds what came right after the cursor
+                scanned += 1
+                event = orjson.loads(msg.data)
+                if (event["tenant_id"], event["brand_id"], event["player_id"]) == conn.key:
+                    out = message_for(event, last)
+                    if out is not None:
+                        out["replay"] = True
+                        conn.push(out)
+                        replayed += 1
+                if meta.num_pending == 0:
+                    break
+                if scanned >= limit:
+                    complete = False
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return replayed, last, complete
+
+    # ------------------------------------------------------------------ timers
+    async def _ticker(self) -> None:
+        period = self.settings.ws_tick_ms / 1000
+        while not self._stop.is_set():
+            await asyncio.sleep(period)
+            try:
+                self.tick(int(time.time() * 1000))
+            except Exception:
+                log.exception("ws: ticker failed; continuing")
+
+    def tick(self, now_ms: int) -> None:
+        d = self.state.degradation
+        check_modes = d.changes != self._degradation_changes
+        self._degradation_changes = d.changes
+        modes: dict[tuple[str, str], str] = {}
+        every_ms = self.settings.ws_reality_check_min * 60_000
+        for conns in list(self.by_player.values()):
+            for c in list(conns):
+                s = c.session
+                if check_modes:
+                    k = (s.provider_id, s.brand_id)
+                    mode = modes.get(k)
+                    if mode is None:
+                        found = (d.mode_of("global"), d.mode_of(f"provider:{k[0]}"), d.mode_of(f"brand:{k[1]}"))
+                        mode = modes[k] = max(found, key=_SEVERITY.__getitem__)
+                    if mode != c.mode:
+                        c.push({"type": "degraded", "mode": mode, "previous": c.mode,
+                                "state": "left" if mode == NORMAL else "entered"})
+                        c.mode = mode
+                if every_ms and c.next_reality_ms and now_ms >= c.next_reality_ms:
+                    c.next_reality_ms = now_ms + every_ms
+                    c.push({"type": "rg", "kind": "reality_check",
+                            "session_minutes": (now_ms - (s.started_ms or now_ms)) // 60_000})
+                if c.session_end_ms and now_ms >= c.session_end_ms:
+                    self._end_session(c)
+
+    def _end_session(self, c: Conn) -> None:
+        if c.closed or c.session_end_ms < 0:
+            return
+        c.session_end_ms = -1
+        c.resuming = False
+        c.push({"type": "rg", "kind": "session_time_ended"})
+
+        async def close() -> None:
+            await c.drained(self.settings.ws_send_timeout_s)
+            with contextlib.suppress(Exception):
+                await c.ws.close(code=CLOSE_SESSION_TIME, message=b"session time limit reached")
+
+        asyncio.get_running_loop().create_task(close())
+
+
+HUB_KEY = web.AppKey("ws_hub", Hub)
+
+
+def _credentials(request: web.Request) -> tuple[str, str]:
+    """(provider id, session token) from the query, or the token as a ``token.<t>`` subprotocol."""
+    provider = request.query.get("provider", "")
+    token = request.query.get("token", "")
+    if not token:
+        for proto in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+            proto = proto.strip()
+            if proto.startswith(TOKEN_PROTOCOL_PREFIX):
+                token = proto[len(TOKEN_PROTOCOL_PREFIX):]
+    if not provider or not token:
+        raise E.InvalidToken("provider and session token are required (?provider=…&token=…)")
+    return provider, token
+
+
+async def ws_handler(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    hub = request.app[HUB_KEY]
+    settings = state.settings
+    ws = web.WebSocketResponse(protocols=(PROTOCOL,), heartbeat=float(settings.ws_heartbeat_s),
+                               max_msg_size=MAX_IN_BYTES)
+    if not ws.can_prepare(request).ok:
+        return json_response({"error": {"code": "upgrade_required", "retryable": False,
+                                        "message": "GET /v1/ws is a websocket endpoint"}}, 426)
+    provider, token = _credentials(request)
+    if provider not in state.providers:
+        raise E.InvalidToken()
+    session = await state.wallet.session(provider, token)  # 401 before the upgrade when bad or expired
+    if hub.closing:
+        raise E.Retryable("gateway is shutting down", retry_after_s=2.0)
+    if hub.count >= settings.ws_max_connections:
+        raise E.Retryable("too many player sockets on this gateway", retry_after_s=5.0)
+    await ws.prepare(request)
+    tr = request.transport
+    if tr is not None and settings.ws_send_buffer_bytes:
+        tr.set_write_buffer_limits(high=settings.ws_send_buffer_bytes)
+        sock = tr.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.ws_send_buffer_bytes)
+    conn = Conn(hub, ws, session, tr)
+    hub.add(conn)  # registered before the balance read: no commit can fall between the two
+    try:
+        await _hello(state, hub, conn)
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                break
+            await _client_message(state, hub, conn, msg.data)
+            if conn.closed:
+                break
+    except Exception:  # after the upgrade there is no HTTP answer left to give: log and close
+        log.exception("ws: session %s failed", conn.key)
+        conn.abort()
+    finally:
+        hub.remove(conn)
+        if conn.flusher is not None:
+            conn.flusher.cancel()
+    return ws
+
+
+async def _hello(state: GatewayState, hub: Hub, conn: Conn) -> None:
+    s = conn.session
+    cursor = hub.cursor
+    balance = await state.wallet.balance(s)
+    limits = await state.limits(s.brand_id, s.player_id, s.currency)
+    now = int(time.time() * 1000)
+    minutes = (limits.get("session_minutes") or {}).get("value")
+    if isinstance(minutes, int) and s.started_ms:
+        conn.session_end_ms = s.started_ms + minutes * 60_000
+    every = state.settings.ws_reality_check_min * 60_000
+    if every:
+        conn.next_reality_ms = now + every
+    d = state.degradation
+    conn.mode = max((d.mode_of("global"), d.mode_of(f"provider:{s.provider_id}"), d.mode_of(f"brand:{s.brand_id}")),
+                    key=_SEVERITY.__getitem__)
+    conn.push({"type": "hello", "session": {"provider_id": s.provider_id, "tenant_id": s.tenant_id,
+                                           "brand_id": s.brand_id, "player_id": s.player_id,
+                                           "started_ms": s.started_ms, "expires_ms": s.expires_ms},
+               "balance": balance, "currency": s.currency, "limits": limits, "mode": conn.mode,
+               "cursor": cursor, "heartbeat_s": state.settings.ws_heartbeat_s,
+               "reality_check_min": state.settings.ws_reality_check_min})
+    conn.end_resume(0)  # live events that arrived during the reads follow the hello
+
+
+async def _client_message(state: GatewayState, hub: Hub, conn: Conn, data: str) -> None:
+    try:
+        msg = orjson.loads(data)
+        kind = msg.get("type") if isinstance(msg, dict) else None
+    except orjson.JSONDecodeError:
+        kind = None
+    if kind == "ping":
+        conn.push({"type": "pong"})
+    elif kind == "resume":
+        cursor = msg.get("cursor")
+        if not isinstance(cursor, int) or isinstance(cursor, bool) or cursor < 0:
+            conn.push({"type": "error", "code": "bad_message", "message": "resume needs an integer cursor"})
+            return
+        if conn.resuming:
+            return  # one resume at a time
+        conn.resuming = True
+        last = cursor
+        try:
+            replayed, last, complete = await hub.replay(conn, cursor)
+            balance = await state.wallet.balance(conn.session)
+            conn.push({"type": "resumed", "balance": balance, "currency": conn.session.currency,
+                       "replayed": replayed, "cursor": max(last, cursor), "complete": complete})
+        finally:
+            conn.end_resume(last)  # then the live events that arrived meanwhile, minus those replayed
+    else:
+        conn.push({"type": "error", "code": "bad_message", "message": "expected {\"type\": \"ping\"|\"resume\"}"})
+
+
+def install(app: web.Application) -> None:
+    """Mount ``/v1/ws`` and tie the hub to the app's lifecycle (after the gateway state exists)."""
+    app.router.add_get("/v1/ws", ws_handler)
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        hub = Hub(app[STATE_KEY])
+        app[HUB_KEY] = hub
+        hub.start()
+        try:
+            yield
+        finally:
+            await hub.shutdown(0.5)  # normally done in on_shutdown already
+            await hub.stop()
+
+    async def on_shutdown(app: web.Application) -> None:
+        hub = app.get(HUB_KEY)
+        if hub is not None:
+            await hub.shutdown(float(app[STATE_KEY].settings.shutdown_drain_s))
+
+    app.cleanup_ctx.append(ctx)
+    app.on_shutdown.append(on_shutdown)
