@@ -73,7 +73,7 @@ async def tail(settings: Settings, *, brand: str | None = None, etype: str | Non
     cfg = ConsumerConfig()
     if since is not None:
         cfg.deliver_policy = DeliverPolicy.BY_START_TIME
-        cfg.opt_start_time = since.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        cfg.opt_start_time = since.astimezone(dt.UTC)
     else:
         cfg.deliver_policy = DeliverPolicy.NEW
     try:

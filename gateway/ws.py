@@ -109,14 +109,15 @@ class Conn:
                 return
             self.pending.append(msg)
             return
-        if msg["type"] == "balance" and self._balance is not None and self._balance["currency"] == msg["currency"]:
-            change = self._balance["change"] + msg["change"]
-            self._balance.update(msg)
-            self._balance["change"] = change
-            self._balance["conflated"] = True
+        old = self._balance
+        if msg["type"] == "balance" and old is not None and old["currency"] == msg["currency"]:
+            # the newest balance replaces the unsent one, at the end: the client never sees a state older
+            # than a message it already has, and a backlog of balances costs one slot
+            self.queue.remove(old)
+            msg["change"] += old["change"]
+            msg["conflated"] = True
             self.hub.conflated += 1
-            return
-        if len(self.queue) >= self.hub.settings.ws_queue_max:
+        elif len(self.queue) >= self.hub.settings.ws_queue_max:
             self.hub.slow(self)
             return
         self.queue.append(msg)
@@ -414,7 +415,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB_KEY]
     settings = state.settings
     ws = web.WebSocketResponse(protocols=(PROTOCOL,), heartbeat=float(settings.ws_heartbeat_s),
-                               max_msg_size=MAX_IN_BYTES)
+                               max_msg_size=MAX_IN_BYTES, writer_limit=settings.ws_send_buffer_bytes or 65536)
     if not ws.can_prepare(request).ok:
         return json_response({"error": {"code": "upgrade_required", "retryable": False,
                                         "message": "GET /v1/ws is a websocket endpoint"}}, 426)
@@ -512,6 +513,7 @@ def install(app: web.Application) -> None:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         hub = Hub(app[STATE_KEY])
         app[HUB_KEY] = hub
+        app[STATE_KEY].ws_hub = hub
         hub.start()
         try:
             yield
