@@ -37,7 +37,6 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from adapters.base import PlayerSession
 from gateway import errors as E
 from gateway.degradation import BETS_PAUSED, NO_NEW_SESSIONS, NORMAL
-from gateway.http import json_response
 from gateway.settings import Settings
 from gateway.state import STATE_KEY, GatewayState
 from ledger import transport
@@ -417,8 +416,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(protocols=(PROTOCOL,), heartbeat=float(settings.ws_heartbeat_s),
                                max_msg_size=MAX_IN_BYTES, writer_limit=settings.ws_send_buffer_bytes or 65536)
     if not ws.can_prepare(request).ok:
-        return json_response({"error": {"code": "upgrade_required", "retryable": False,
-                                        "message": "GET /v1/ws is a websocket endpoint"}}, 426)
+        raise E.BadInput("GET /v1/ws is a websocket endpoint: send the upgrade headers")
     provider, token = _credentials(request)
     if provider not in state.providers:
         raise E.InvalidToken()
