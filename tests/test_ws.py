@@ -268,3 +268,44 @@ def test_slow_client_queue_conflates_balances_and_stays_bounded() -> None:
     assert conn.closed and hub.slow_disconnects == 1
     conn.deliver({"type": "balance", "balance": 1, "currency": "EUR", "change": 1, "cursor": 50})  # stale: ignored
     assert len(conn.queue) == 3
+
+
+async def test_reality_check_and_session_time_limit(api: Api, http: aiohttp.ClientSession, gateway: Any) -> None:
+    player, token = await api.funded("5.00")
+    status, _ = await api.operator("PUT", "/v1/players/limits", {**player, "limits": {"session_minutes": 30},
+                                                                 "idempotency_key": api.ns + "sess"})
+    assert status == 200
+    hub: gws.Hub = gateway.state.ws_hub
+    key = (player["tenant_id"], player["brand_id"], player["player_id"])
+    async with http.ws_connect(ws_url(api.base, token)) as sock:
+        (hello,) = await receive_until(sock, lambda s: len(s) == 1)
+        conn = hub.by_player[key][0]
+        started = hello["session"]["started_ms"]
+        assert conn.session_end_ms == started + 30 * 60_000
+        # the process ticker, driven with a later clock instead of waiting
+        hub.tick(conn.next_reality_ms)
+        (check,) = await receive_until(sock, lambda s: len(s) == 1)
+        assert check["type"] == "rg" and check["kind"] == "reality_check"
+        hub.tick(conn.session_end_ms)
+        (ended,) = await receive_until(sock, lambda s: len(s) == 1)
+        assert ended["type"] == "rg" and ended["kind"] == "session_time_ended"
+        msg = await sock.receive(timeout=10)
+        assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == gws.CLOSE_SESSION_TIME
+    await wait_for(lambda: key not in hub.by_player)
+
+
+async def test_a_dead_peer_is_dropped_by_the_heartbeat(api: Api, make_gateway: Any) -> None:
+    player, token = await api.funded("1.00")
+    async with make_gateway(ws_heartbeat_s=1) as gw:
+        hub: gws.Hub = gw.state.ws_hub
+        host, port = gw.base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write((f"GET /v1/ws?provider=demo&token={token} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                      "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode())
+        assert (await reader.readline()).startswith(b"HTTP/1.1 101")
+        key = (player["tenant_id"], player["brand_id"], player["player_id"])
+        await wait_for(lambda: key in hub.by_player)
+        # this peer reads but never answers the server's pings
+        await wait_for(lambda: key not in hub.by_player, within_s=10)
+        writer.close()
