@@ -161,6 +161,9 @@ class Conn:
         except (ConnectionError, RuntimeError) as exc:  # peer gone mid-send: the read loop ends the socket
             log.debug("ws send to %s failed: %s", self.key, exc)
             self.closed = True
+        except Exception:
+            log.exception("ws: send to %s failed; closing the socket", self.key)
+            self.abort()
         finally:
             self.flusher = None
 
@@ -318,6 +321,9 @@ class Hub:
         last = after
         complete = True
         try:
+            first = (await js.stream_info(self._stream())).state.first_seq
+            if after and after + 1 < first:
+                complete = False  # the stream no longer holds what came right after the cursor
             sub = await js.subscribe(subject, stream=self._stream(), config=cfg, ordered_consumer=True)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             log.warning("ws: resume for %s failed: %s", conn.key, exc)
@@ -330,14 +336,14 @@ class Hub:
                     break  # nothing (more) stored after the cursor
                 meta = msg.metadata
                 last = meta.sequence.stream
-                if scanned == 0 and last > after + 1 and after:
-                    complete = False  # the stream no longer holds what came right after the cursor
                 scanned += 1
                 event = orjson.loads(msg.data)
                 if (event["tenant_id"], event["brand_id"], event["player_id"]) == conn.key:
                     out = message_for(event, last)
                     if out is not None:
                         out["replay"] = True
+                        if len(conn.queue) >= self.settings.ws_queue_max // 2:
+                            await conn.drained(self.settings.ws_send_timeout_s)  # a replay paces itself
                         conn.push(out)
                         replayed += 1
                 if meta.num_pending == 0:

@@ -98,7 +98,8 @@ async def test_reconnect_and_resume_replays_what_was_missed(api: Api, http: aioh
         await api.bet(token, "b-2", "r-2", "3.00")
         await api.win(token, "w-2", "r-2", "10.00", bet_transaction_id="b-2")
         await receive_until(witness, lambda s: len(balances(s, api)) == 3)
-    async with make_gateway() as other, http.ws_connect(ws_url(other.base_url, token)) as sock:
+    # a small queue: the replay must pace itself to the socket instead of overflowing it
+    async with make_gateway(ws_queue_max=2) as other, http.ws_connect(ws_url(other.base_url, token)) as sock:
         (hello,) = await receive_until(sock, lambda s: len(s) == 1)
         assert hello["balance"] == 5200
         await sock.send_json({"type": "resume", "cursor": cursor})
