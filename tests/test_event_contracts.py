@@ -89,3 +89,27 @@ def test_tail_arguments() -> None:
     assert parse_since("2026-01-01T00:00:00", now) == dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     with pytest.raises(ValueError, match="neither a duration"):
         parse_since("yesterday", now)
+
+
+@pytest.mark.slow
+async def test_tail_command_prints_json_lines_until_interrupted(api: Api, gateway: Any) -> None:
+    import os
+    import signal
+    import sys
+
+    brand = "tailcli-" + api.ns.rstrip("-")
+    await api.funded("3.00", brand=brand)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(gateway.state.settings.env())
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "events", "tail", "--brand", brand, "--since", "10m",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        event = orjson.loads(line)
+        assert event["type"] == "wallet.credited" and event["brand_id"] == brand and event["amount"] == 300
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(proc.wait(), 30)
+    assert code == 0, (await proc.stderr.read()).decode() if proc.stderr else code
