@@ -274,9 +274,13 @@ class Hub:
         delay = 0.2
         while not self._stop.is_set():
             try:
+                # from where this process left off (or the stream's tip at start): a resubscription
+                # after a failure loses nothing, and ``hello`` has a real cursor from the start
+                if not self.cursor:
+                    self.cursor = (await js.stream_info(self._stream())).state.last_seq
+                cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.cursor + 1)
                 sub = await js.subscribe(self._subject(), stream=self._stream(), cb=self._on_msg,
-                                         ordered_consumer=True, deliver_policy=DeliverPolicy.NEW,
-                                         pending_msgs_limit=100_000)
+                                         ordered_consumer=True, config=cfg, pending_msgs_limit=100_000)
                 delay = 0.2
                 try:
                     await self._stop.wait()
