@@ -201,7 +201,7 @@ class Engine:
         rnd.live_bets += 1
         rnd.bet_total += stake
         if cmd.round_closed:
-            self._close(rkey, rnd)
+            self._close(cmd.round_id, rnd)
         self.m.rounds[rkey] = rnd
         bet = Bet(cmd.round_id, cmd.player_id, cmd.currency, stake, cmd.free_round, "open", ltx)
         self.s.bets[key] = bet
@@ -254,7 +254,7 @@ class Engine:
             rnd.open_bets = max(0, rnd.open_bets - 1)
             self.m.bets[(cmd.brand_id, cmd.provider_id, cmd.ref_tx_id or "")] = bet
         if cmd.round_closed:
-            self._close(rkey, rnd)
+            self._close(bet.round_id if bet is not None else cmd.round_id, rnd)
         self.m.rounds[rkey] = rnd
         self._event(cmd, ltx, "bet.settled", cmd.amount, wallet.balance)
         if cmd.amount:
@@ -291,7 +291,7 @@ class Engine:
             rnd.live_bets = max(0, rnd.live_bets - 1)
             rnd.bet_total -= bet.amount
             if cmd.round_closed:
-                self._close(rkey, rnd)
+                self._close(bet.round_id, rnd)
             self.m.rounds[rkey] = rnd
         self._event(cmd, ltx, "bet.rolled_back", bet.amount, wallet.balance)
         if bet.amount:
@@ -306,7 +306,7 @@ class Engine:
             self.s.rounds[rkey] = rnd
         elif rnd.player_id != cmd.player_id:
             return Status.ROUND_NOT_FOUND
-        self._close(rkey, rnd)
+        self._close(cmd.round_id, rnd)
         self.m.rounds[rkey] = rnd
         return Status.OK
 
@@ -409,10 +409,10 @@ class Engine:
         deltas[debit.account_id] = deltas.get(debit.account_id, 0) - amount
         deltas[credit.account_id] = deltas.get(credit.account_id, 0) + amount
 
-    def _close(self, rkey: tuple[str, ...], rnd: Round) -> None:
+    def _close(self, round_id: str, rnd: Round) -> None:
         if not rnd.closed:
             rnd.closed = True
-            self._closed = (rkey[-1], rnd)
+            self._closed = (round_id, rnd)
 
     def _round_closed(self, cmd: Command, ltx: int, round_id: str, rnd: Round) -> None:
         """``round.closed`` once per round, after the closing command's own events; amount is what it paid."""
