@@ -23,7 +23,6 @@ import logging
 import random
 import socket
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -86,7 +85,8 @@ class Conn:
         self.transport = transport
         self.key: PlayerKey = (session.tenant_id, session.brand_id, session.player_id)
         self.seq = 0
-        self.queue: deque[dict[str, Any]] = deque()
+        #: a list, not a deque: 56 bytes empty instead of ~600, and it never holds more than ws_queue_max
+        self.queue: list[dict[str, Any]] = []
         self._balance: dict[str, Any] | None = None  # the queued, not yet sent, balance message
         self.flusher: asyncio.Task[None] | None = None
         self.closed = False
@@ -148,7 +148,7 @@ class Conn:
         timeout = self.hub.settings.ws_send_timeout_s
         try:
             while self.queue and not self.closed:
-                msg = self.queue.popleft()
+                msg = self.queue.pop(0)
                 if msg is self._balance:
                     self._balance = None
                 self.seq += 1
