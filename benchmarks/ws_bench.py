@@ -12,7 +12,7 @@ Starts ``gateway up`` (one gateway process), then:
 The generator shares the machine with the gateway, writers, relay and servers: read ratios, not
 absolute numbers, across machines.
 
-    python -m benchmarks.ws_bench [--sockets 3000] [--players 10] [--seconds 15]
+    python -m benchmarks.ws_bench [--sockets 4000] [--players 4] [--pause-ms 50] [--seconds 15]
 """
 
 from __future__ import annotations
@@ -170,10 +170,10 @@ async def _push_for(sock: aiohttp.ClientWebSocketResponse, tx: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sockets", type=int, default=3000)
-    parser.add_argument("--players", type=int, default=10)
+    parser.add_argument("--sockets", type=int, default=4000)
+    parser.add_argument("--players", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--pause-ms", type=float, default=20, help="pause between a player's bets")
+    parser.add_argument("--pause-ms", type=float, default=50, help="pause between a player's bets")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = 2 * args.sockets + 1000  # client and server ends both live on this machine
