@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import random
 import socket
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,7 +38,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from adapters.base import PlayerSession
 from gateway import errors as E
-from gateway.degradation import BETS_PAUSED, NO_NEW_SESSIONS, NORMAL
+from gateway.degradation import BETS_PAUSED, NO_NEW_SESSIONS, NORMAL, Degradation
 from gateway.settings import Settings
 from gateway.state import STATE_KEY, GatewayState
 from ledger import transport
@@ -72,11 +75,18 @@ def message_for(event: dict[str, Any], cursor: int) -> dict[str, Any] | None:
     return None
 
 
+def mode_for(d: Degradation, provider_id: str, brand_id: str) -> str:
+    """The strongest degradation mode over the scopes a session lives in."""
+    found = (d.mode_of("global"), d.mode_of(f"provider:{provider_id}"), d.mode_of(f"brand:{brand_id}"))
+    return max(found, key=_SEVERITY.__getitem__)
+
+
 class Conn:
     """One socket: its session, its bounded outgoing queue and the state of its timers."""
 
-    __slots__ = ("_balance", "closed", "flusher", "hub", "key", "last_cursor", "mode", "next_reality_ms",
-                 "pending", "queue", "resuming", "seq", "session", "session_end_ms", "transport", "ws")
+    __slots__ = ("__weakref__", "_balance", "closed", "flusher", "hub", "key", "last_cursor", "mode",
+                 "next_reality_ms", "pending", "queue", "resuming", "seq", "session", "session_end_ms", "transport",
+                 "ws")
 
     def __init__(self, hub: Hub, ws: web.WebSocketResponse, session: PlayerSession, transport: Any) -> None:
         self.hub = hub
@@ -194,6 +204,8 @@ class Hub:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._degradation_changes = -1
+        self._timers: list[tuple[int, int, str, weakref.ref[Conn]]] = []
+        self._timer_seq = itertools.count()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -371,30 +383,39 @@ class Hub:
                 log.exception("ws: ticker failed; continuing")
 
     def tick(self, now_ms: int) -> None:
+        """Due timers only (a heap), and every socket only when a degradation mode changed."""
         d = self.state.degradation
-        check_modes = d.changes != self._degradation_changes
-        self._degradation_changes = d.changes
-        modes: dict[tuple[str, str], str] = {}
-        every_ms = self.settings.ws_reality_check_min * 60_000
-        for conns in list(self.by_player.values()):
-            for c in list(conns):
-                s = c.session
-                if check_modes:
-                    k = (s.provider_id, s.brand_id)
+        if d.changes != self._degradation_changes:
+            self._degradation_changes = d.changes
+            modes: dict[tuple[str, str], str] = {}
+            for conns in list(self.by_player.values()):
+                for c in list(conns):
+                    k = (c.session.provider_id, c.session.brand_id)
                     mode = modes.get(k)
                     if mode is None:
-                        found = (d.mode_of("global"), d.mode_of(f"provider:{k[0]}"), d.mode_of(f"brand:{k[1]}"))
-                        mode = modes[k] = max(found, key=_SEVERITY.__getitem__)
+                        mode = modes[k] = mode_for(d, *k)
                     if mode != c.mode:
                         c.push({"type": "degraded", "mode": mode, "previous": c.mode,
                                 "state": "left" if mode == NORMAL else "entered"})
                         c.mode = mode
-                if every_ms and c.next_reality_ms and now_ms >= c.next_reality_ms:
-                    c.next_reality_ms = now_ms + every_ms
-                    c.push({"type": "rg", "kind": "reality_check",
-                            "session_minutes": (now_ms - (s.started_ms or now_ms)) // 60_000})
-                if c.session_end_ms and now_ms >= c.session_end_ms:
-                    self._end_session(c)
+        every_ms = self.settings.ws_reality_check_min * 60_000
+        timers = self._timers
+        while timers and timers[0][0] <= now_ms:
+            _, _, kind, ref = heapq.heappop(timers)
+            conn = ref()
+            if conn is None or conn.closed:
+                continue  # weak references: a closed socket's timers keep nothing alive
+            if kind == "reality" and every_ms:
+                conn.push({"type": "rg", "kind": "reality_check",
+                           "session_minutes": (now_ms - (conn.session.started_ms or now_ms)) // 60_000})
+                self.schedule(conn, now_ms + every_ms, "reality")
+            elif kind == "session_end":
+                self._end_session(conn)
+
+    def schedule(self, conn: Conn, due_ms: int, kind: str) -> None:
+        if kind == "reality":
+            conn.next_reality_ms = due_ms
+        heapq.heappush(self._timers, (due_ms, next(self._timer_seq), kind, weakref.ref(conn)))
 
     def _end_session(self, c: Conn) -> None:
         if c.closed or c.session_end_ms < 0:
@@ -480,12 +501,11 @@ async def _hello(state: GatewayState, hub: Hub, conn: Conn) -> None:
     minutes = (limits.get("session_minutes") or {}).get("value")
     if isinstance(minutes, int) and s.started_ms:
         conn.session_end_ms = s.started_ms + minutes * 60_000
+        hub.schedule(conn, conn.session_end_ms, "session_end")
     every = state.settings.ws_reality_check_min * 60_000
     if every:
-        conn.next_reality_ms = now + every
-    d = state.degradation
-    conn.mode = max((d.mode_of("global"), d.mode_of(f"provider:{s.provider_id}"), d.mode_of(f"brand:{s.brand_id}")),
-                    key=_SEVERITY.__getitem__)
+        hub.schedule(conn, now + every, "reality")
+    conn.mode = mode_for(state.degradation, s.provider_id, s.brand_id)
     conn.push({"type": "hello", "session": {"provider_id": s.provider_id, "tenant_id": s.tenant_id,
                                            "brand_id": s.brand_id, "player_id": s.player_id,
                                            "started_ms": s.started_ms, "expires_ms": s.expires_ms},

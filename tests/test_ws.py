@@ -273,7 +273,7 @@ def test_slow_client_queue_conflates_balances_and_stays_bounded() -> None:
 
 async def test_reality_check_and_session_time_limit(api: Api, http: aiohttp.ClientSession, gateway: Any) -> None:
     player, token = await api.funded("5.00")
-    status, _ = await api.operator("PUT", "/v1/players/limits", {**player, "limits": {"session_minutes": 30},
+    status, _ = await api.operator("PUT", "/v1/players/limits", {**player, "limits": {"session_minutes": 90},
                                                                  "idempotency_key": api.ns + "sess"})
     assert status == 200
     hub: gws.Hub = gateway.state.ws_hub
@@ -282,7 +282,8 @@ async def test_reality_check_and_session_time_limit(api: Api, http: aiohttp.Clie
         (hello,) = await receive_until(sock, lambda s: len(s) == 1)
         conn = hub.by_player[key][0]
         started = hello["session"]["started_ms"]
-        assert conn.session_end_ms == started + 30 * 60_000
+        assert conn.session_end_ms == started + 90 * 60_000
+        assert conn.next_reality_ms < conn.session_end_ms  # a reality check every 60 minutes (default)
         # the process ticker, driven with a later clock instead of waiting
         hub.tick(conn.next_reality_ms)
         (check,) = await receive_until(sock, lambda s: len(s) == 1)
@@ -310,3 +311,37 @@ async def test_a_dead_peer_is_dropped_by_the_heartbeat(api: Api, make_gateway: A
         # this peer reads but never answers the server's pings
         await wait_for(lambda: key not in hub.by_player, within_s=10)
         writer.close()
+
+
+def test_timers_are_a_heap_of_weak_references() -> None:
+    """Pure logic of the process ticker: only due timers run; a closed socket's timers hold nothing."""
+    import gc
+    import weakref
+
+    from gateway.degradation import Degradation
+    from gateway.settings import Settings
+
+    state: Any = type("State", (), {"settings": Settings(ws_reality_check_min=1), "degradation": Degradation()})()
+    hub = gws.Hub(state)
+    sess: Any = type("Sess", (), {"tenant_id": "t", "brand_id": "b", "player_id": "p", "provider_id": "demo",
+                                  "started_ms": 1000})()
+    pushed: list[Msg] = []
+
+    class Recording(gws.Conn):
+        __slots__ = ()
+
+        def push(self, msg: Msg, *, live: bool = False) -> None:
+            pushed.append(msg)
+
+    kept, dropped = Recording(hub, None, sess, None), Recording(hub, None, sess, None)  # type: ignore[arg-type]
+    hub.schedule(kept, 61_000, "reality")
+    hub.schedule(dropped, 61_000, "reality")
+    gone = weakref.ref(dropped)
+    del dropped
+    gc.collect()
+    assert gone() is None  # the timer did not keep the closed socket alive
+    hub.tick(60_999)
+    assert pushed == []
+    hub.tick(61_000)
+    assert pushed == [{"type": "rg", "kind": "reality_check", "session_minutes": 1}]
+    assert kept.next_reality_ms == 121_000 and len(hub._timers) == 1
