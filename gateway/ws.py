@@ -201,6 +201,7 @@ class Hub:
         self.cursor = 0  # stream sequence of the newest event seen
         self.sent = self.conflated = self.slow_disconnects = self.high_water = 0
         self.closing = False
+        self.live = asyncio.Event()  # set while the event feed is subscribed
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._degradation_changes = -1
@@ -208,6 +209,15 @@ class Hub:
         self._timer_seq = itertools.count()
 
     # ------------------------------------------------------------------ lifecycle
+    async def prime(self) -> None:
+        """Pin the live feed's start to the stream's tip at app start, before any socket is accepted:
+        however long the subscription then takes, no event committed after start-up is missed."""
+        try:
+            async with asyncio.timeout(5):
+                self.cursor = (await self.state.nc.jetstream().stream_info(self._stream())).state.last_seq
+        except Exception as exc:
+            log.warning("ws: cannot read the event stream's position yet (%s); starting from its tip later", exc)
+
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._consume(), name="ws-events"),
                        asyncio.create_task(self._ticker(), name="ws-ticker")]
@@ -294,9 +304,11 @@ class Hub:
                 sub = await js.subscribe(self._subject(), stream=self._stream(), cb=self._on_msg,
                                          ordered_consumer=True, config=cfg, pending_msgs_limit=100_000)
                 delay = 0.2
+                self.live.set()
                 try:
                     await self._stop.wait()
                 finally:
+                    self.live.clear()
                     with contextlib.suppress(Exception):
                         await sub.unsubscribe()
             except asyncio.CancelledError:
@@ -551,6 +563,7 @@ def install(app: web.Application) -> None:
         hub = Hub(app[STATE_KEY])
         app[HUB_KEY] = hub
         app[STATE_KEY].ws_hub = hub
+        await hub.prime()
         hub.start()
         try:
             yield

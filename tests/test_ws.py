@@ -172,6 +172,7 @@ async def test_a_client_that_never_reads_is_conflated_then_cut_off(api: Api, mak
         ).encode())
         key = (player["tenant_id"], player["brand_id"], player["player_id"])
         await wait_for(lambda: key in hub.by_player)
+        await asyncio.wait_for(hub.live.wait(), 15)
         conn = hub.by_player[key][0]
         nc = gw.state.nc
         subject = f"{gw.state.settings.namespace}.events.{player['tenant_id']}.{player['brand_id']}."
