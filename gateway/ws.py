@@ -12,7 +12,8 @@ entries where a newer ``balance`` replaces a queued one (conflation); a client w
 whose send stalls for ``ws_send_timeout_s``, is disconnected (code 4008). The transport's write buffer
 and the kernel send buffer are capped by ``ws_send_buffer_bytes``; client messages by ``MAX_IN_BYTES``.
 Idle sockets own no task: a writer task exists only while a queue is non-empty, and one ticker per
-process runs reality checks, session-time limits and degradation notices.
+process runs the due reality checks and session-time ends from a heap of weak references, and visits
+the sockets only when a degradation mode changes.
 """
 
 from __future__ import annotations
