@@ -52,6 +52,8 @@ TOKEN_PROTOCOL_PREFIX = "token."
 MAX_IN_BYTES = 4096
 CLOSE_SLOW = 4008
 CLOSE_SESSION_TIME = 4002
+#: a process whose last socket closed this long ago stops receiving the event feed
+FEED_IDLE_S = 60.0
 BALANCE_TYPES = frozenset({"wallet.debited", "wallet.credited"})
 ROUND_TYPES = frozenset({"bet.placed", "bet.settled", "bet.rolled_back", "round.closed"})
 _SEVERITY = {NORMAL: 0, NO_NEW_SESSIONS: 1, BETS_PAUSED: 2}
@@ -203,6 +205,8 @@ class Hub:
         self.sent = self.conflated = self.slow_disconnects = self.high_water = 0
         self.closing = False
         self.live = asyncio.Event()  # set while the event feed is subscribed
+        self._wanted = asyncio.Event()  # set while sockets exist (or did within FEED_IDLE_S)
+        self._idle_since = 0.0
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._degradation_changes = -1
@@ -211,8 +215,10 @@ class Hub:
 
     # ------------------------------------------------------------------ lifecycle
     async def prime(self) -> None:
-        """Pin the live feed's start to the stream's tip at app start, before any socket is accepted:
-        however long the subscription then takes, no event committed after start-up is missed."""
+        """Pin the feed's start to the stream's tip before the first socket's balance is read: however
+        long the subscription then takes, no event committed after that read is missed."""
+        if self.cursor:
+            return
         try:
             async with asyncio.timeout(5):
                 self.cursor = (await self.state.nc.jetstream().stream_info(self._stream())).state.last_seq
@@ -264,6 +270,7 @@ class Hub:
     def add(self, conn: Conn) -> None:
         self.by_player.setdefault(conn.key, []).append(conn)
         self.count += 1
+        self._wanted.set()
 
     def remove(self, conn: Conn) -> None:
         conn.closed = True
@@ -273,6 +280,8 @@ class Hub:
             self.count -= 1
             if not conns:
                 del self.by_player[conn.key]
+            if not self.count:
+                self._idle_since = time.monotonic()
 
     def slow(self, conn: Conn) -> None:
         """A client that does not keep up is cut off: its memory stays bounded, it resumes on reconnect."""
@@ -292,13 +301,16 @@ class Hub:
         return transport.stream_name(self.settings, self.settings.events_stream_name)
 
     async def _consume(self) -> None:
-        """Keep one ordered consumer subscribed; resubscribe with backoff after any failure."""
+        """Keep one ordered consumer subscribed while this process holds sockets; resubscribe with
+        backoff after any failure. A process without sockets (e.g. one serving only providers) drops
+        the feed after FEED_IDLE_S and so pays nothing per event."""
         js = self.state.nc.jetstream()
         delay = 0.2
         while not self._stop.is_set():
+            await self._wanted.wait()
             try:
-                # from where this process left off (or the stream's tip at start): a resubscription
-                # after a failure loses nothing, and ``hello`` has a real cursor from the start
+                # from where this process left off (or the tip pinned before the first hello): a
+                # resubscription after a failure loses nothing
                 if not self.cursor:
                     self.cursor = (await js.stream_info(self._stream())).state.last_seq
                 cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.cursor + 1)
@@ -307,7 +319,14 @@ class Hub:
                 delay = 0.2
                 self.live.set()
                 try:
-                    await self._stop.wait()
+                    while not self._stop.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(FEED_IDLE_S / 4):
+                                await self._stop.wait()
+                        if not self.count and time.monotonic() - self._idle_since >= FEED_IDLE_S:
+                            self._wanted.clear()
+                            self.cursor = 0  # the next first socket starts from the tip again
+                            break
                 finally:
                     self.live.clear()
                     with contextlib.suppress(Exception):
@@ -488,6 +507,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     conn = Conn(hub, ws, session, tr)
     hub.add(conn)  # registered before the balance read: no commit can fall between the two
     try:
+        await hub.prime()  # the feed's start pinned before that read too (a no-op while the feed runs)
         await _hello(state, hub, conn)
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT:
@@ -564,7 +584,6 @@ def install(app: web.Application) -> None:
         hub = Hub(app[STATE_KEY])
         app[HUB_KEY] = hub
         app[STATE_KEY].ws_hub = hub
-        await hub.prime()
         hub.start()
         try:
             yield

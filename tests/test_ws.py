@@ -346,3 +346,23 @@ def test_timers_are_a_heap_of_weak_references() -> None:
     hub.tick(61_000)
     assert pushed == [{"type": "rg", "kind": "reality_check", "session_minutes": 1}]
     assert kept.next_reality_ms == 121_000 and len(hub._timers) == 1
+
+
+async def test_a_process_without_sockets_drops_the_event_feed(api: Api, http: aiohttp.ClientSession,
+                                                              make_gateway: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gws, "FEED_IDLE_S", 0.2)
+    _, token = await api.funded("10.00")
+    async with make_gateway() as gw:
+        hub: gws.Hub = gw.state.ws_hub
+        await asyncio.sleep(0.3)
+        assert not hub.live.is_set()  # provider traffic alone costs this process no event decoding
+        for bet in ("b-1", "b-2"):  # the feed comes back with the next socket
+            async with http.ws_connect(ws_url(gw.base_url, token)) as sock:
+                await receive_until(sock, lambda s: len(s) == 1)
+                await asyncio.wait_for(hub.live.wait(), 15)
+                assert (await api.bet(token, bet, "r-" + bet, "1.00"))[0] == 200
+                seen = await receive_until(sock, lambda s: len(balances(s, api)) == 1)
+                assert balances(seen, api) == [(900 if bet == "b-1" else 800, -100)]
+            await wait_for(lambda: not hub.live.is_set())
+            assert hub.cursor == 0
