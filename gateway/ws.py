@@ -1,6 +1,7 @@
 """The player session websocket, ``GET /v1/ws``: balance, round, RG and degradation pushes.
 
-Fan-out: each gateway process holds ONE JetStream ordered consumer on ``<prefix>events.>`` and routes
+Fan-out: each gateway process holding sockets has ONE JetStream ordered consumer on ``<prefix>events.>`` (dropped
+a minute after its last socket closes) and routes
 every committed event in-process to the sockets of its player (a dict lookup; events of players with
 no socket here are dropped after the lookup). Any replica therefore serves any player, a commit reaches
 every replica once, and the per-process cost is one decode per event, not per socket. The event's
