@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from gateway import ws as gws
+from gateway import ws_hub
 from gateway.sessions import _dump
 from tests.support import Api
 
@@ -351,7 +352,7 @@ def test_timers_are_a_heap_of_weak_references() -> None:
 async def test_a_process_without_sockets_drops_the_event_feed(api: Api, http: aiohttp.ClientSession,
                                                               make_gateway: Any,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gws, "FEED_IDLE_S", 0.2)
+    monkeypatch.setattr(ws_hub, "FEED_IDLE_S", 0.2)
     _, token = await api.funded("10.00")
     async with make_gateway() as gw:
         hub: gws.Hub = gw.state.ws_hub
