@@ -13,7 +13,7 @@ SHAPE   ?= burst
 LOAD_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint load bench bench-ledger bench-e2e bench-hotpath bench-redis build clean install help
+.PHONY: run test lint load bench bench-ledger bench-e2e bench-hotpath bench-redis bench-ws build clean install help
 
 help:
 	@echo "make run     - the whole stack on this machine (gateway up)"
@@ -21,6 +21,7 @@ help:
 	@echo "make lint    - ruff, cython-lint and mypy"
 	@echo "make load    - Locust tournament load + report + reconciliation (USERS, TIME, SHAPE, LOAD_ARGS)"
 	@echo "make bench   - hot-path, Redis quota, ledger and end-to-end benchmarks (not part of make test)"
+	@echo "make bench-ws - player websocket: idle sockets per GiB, balance push latency"
 	@echo "make build   - (re)build the Cython extensions in place"
 	@echo "make clean   - remove build products (keeps .venv and .gateway)"
 
@@ -70,6 +71,11 @@ bench-ledger: build
 
 bench-e2e: build
 	$(BIN)/python -m benchmarks.e2e_bench
+
+# player websocket: idle sockets per GiB of gateway memory, bet → balance push latency (not in `make bench`)
+WS_ARGS ?=
+bench-ws: build
+	$(BIN)/python -m benchmarks.ws_bench $(WS_ARGS)
 
 clean:
 	rm -rf build *.egg-info hotpath/*.c hotpath/*.so .pytest_cache .mypy_cache .ruff_cache .benchmarks

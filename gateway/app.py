@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 
 from adapters.base import ProviderConfig
 from gateway import errors as E
+from gateway import ws
 from gateway.degradation import Degradation
 from gateway.guards import Guards
 from gateway.health import healthz, readyz
@@ -77,6 +78,7 @@ def create_app(settings: Settings, providers: list[ProviderConfig]) -> web.Appli
     app.router.add_get("/openapi.json", openapi)
     app.add_routes(operator_routes())
     app.cleanup_ctx.append(_lifecycle(settings, providers))
+    ws.install(app)  # after the lifecycle: its hub needs the gateway state
     return app
 
 

@@ -1,4 +1,4 @@
-"""``gateway`` command line: up, serve, ledger, migrate, reconcile.
+"""``gateway`` command line: up, serve, ledger, migrate, reconcile, events tail.
 
 Every command reads the one ``Settings`` object from ``GATEWAY_*`` variables first, so a bad or
 unknown key stops it before anything starts, with one line per problem.
@@ -162,6 +162,26 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+# ---------------------------------------------------------------------- events
+def cmd_events_tail(args: argparse.Namespace) -> int:
+    settings = _settings()
+    _need(settings, "nats_url")
+    from gateway.events import parse_since, tail
+
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        stop = await _until_signal()
+        await tail(settings, brand=args.brand, etype=args.type, since=since, stop=stop)
+
+    asyncio.run(main())
+    return 0
+
+
 # ---------------------------------------------------------------------- up
 def cmd_up(args: argparse.Namespace) -> int:
     from gateway.up import run_up
@@ -189,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards", default="all", help="e.g. 0-1 (default: all)")
     p.set_defaults(func=cmd_migrate)
     sub.add_parser("reconcile", help="check every ledger invariant").set_defaults(func=cmd_reconcile)
+    p = sub.add_parser("events", help="the committed-event stream")
+    events = p.add_subparsers(dest="events_command", required=True)
+    p = events.add_parser("tail", help="follow events, one JSON line each (Ctrl-C stops)")
+    p.add_argument("--brand", help="only this brand")
+    p.add_argument("--type", help="only this event type, e.g. bet.placed (or a family: bet)")
+    p.add_argument("--since", help="replay from 15m / 2h / 7d ago or an ISO timestamp (default: new events)")
+    p.set_defaults(func=cmd_events_tail)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -107,6 +107,8 @@ def render(request: web.Request) -> str:
             lines.append(f'gateway_degradation_mode{{scope="global",mode="{mode}"}} {int(snap["global"] == mode)}')
         lines.append(f"gateway_degradation_changes_total {snap['changes']}")
         lines.append(f"gateway_degradation_entries {len(snap['entries'])}")  # type: ignore[arg-type]
+        if st.ws_hub is not None:
+            lines.extend(st.ws_hub.metric_lines())
     return "\n".join(lines) + "\n"
 
 

@@ -130,6 +130,19 @@ class Settings:
     #: restarts in a row of a process dying within ``up_restart_stable_s`` of its start; then ``up`` gives up
     up_restart_max_quick: int = 5
 
+    # --- player session websocket (gateway/ws.py) -------------------------------------------------
+    ws_max_connections: int = 100_000
+    ws_heartbeat_s: int = 30
+    #: outgoing messages queued per socket (balances conflate); a full queue disconnects the client
+    ws_queue_max: int = 64
+    ws_send_timeout_s: int = 10
+    #: cap of each socket's transport write buffer and kernel send buffer (0: OS defaults)
+    ws_send_buffer_bytes: int = 32 * 1024
+    ws_reality_check_min: int = 60
+    ws_resume_max_events: int = 10_000
+    ws_reconnect_jitter_ms: int = 5000
+    ws_tick_ms: int = 1000
+
     # --- derived, not read from the environment --------------------------------------------------
     api_key_roles: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: currency → largest amount of one command, in minor units
@@ -174,6 +187,11 @@ class Settings:
         for name in ("http_header_timeout_s", "http_body_timeout_s", "http_idle_timeout_s"):
             need(1 <= getattr(self, name) <= 3600, name, "must be 1..3600 seconds")
         maxima = self._max_amounts(errors)
+        for name in ("ws_max_connections", "ws_heartbeat_s", "ws_queue_max", "ws_send_timeout_s", "ws_tick_ms",
+                     "ws_resume_max_events"):
+            need(getattr(self, name) > 0, name, "must be positive")
+        need(min(self.ws_send_buffer_bytes, self.ws_reality_check_min, self.ws_reconnect_jitter_ms) >= 0,
+             "ws_send_buffer_bytes", "websocket buffer, reality-check and jitter settings must be >= 0")
         roles: dict[str, str] = {}
         for pair in filter(None, (p.strip() for p in self.api_keys.split(","))):
             key, _, role = pair.rpartition(":")

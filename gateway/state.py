@@ -31,6 +31,8 @@ class GatewayState:
     degradation: Degradation
     started_ms: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    #: the player websocket hub (gateway/ws.py), set when the app starts
+    ws_hub: Any = None
 
     async def limits(self, brand_id: str, player_id: str, currency: str | None) -> dict[str, Any]:
         """The player's limits for ``currency`` (money ones are per currency), or only those that hold

@@ -91,10 +91,10 @@ class OutboxRelay:
                     return
             await conn.add_listener(f"gw_outbox_{schema_for(self.shard)}", self._notified)
             while not self._stop.is_set():
+                self._wake.clear()  # before reading: a commit notified during relay_once is not lost
                 moved = await self.relay_once(conn)
                 backoff.reset()
                 if moved < self.batch:
-                    self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), poll)
                     except TimeoutError:

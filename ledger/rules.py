@@ -153,6 +153,7 @@ class Engine:
         self.cooling_off_ms = cooling_off_ms
         self.events_prefix = events_prefix
         self._subjects: dict[tuple[str, str], str] = {}
+        self._closed: tuple[str, Round] | None = None  # a round this command closed: round.closed follows
         self._handlers = {
             Kind.BET: self._bet, Kind.WIN: self._win, Kind.ROLLBACK: self._rollback,
             Kind.END_ROUND: self._end_round, Kind.DEPOSIT: self._deposit, Kind.WITHDRAW: self._withdraw,
@@ -175,6 +176,8 @@ class Engine:
         ledger_tx = next(self._tx_ids)
         status = handler(cmd, ledger_tx)
         detail = _TOO_RICH if status is Status.BAD_COMMAND else ""
+        if self._closed is not None:
+            self._round_closed(cmd, ledger_tx, *self._closed)
         self.s.txs[key] = PriorTx(ledger_tx, status, request_hash, cmd.player_id, cmd.currency, cmd.cmd_id)
         self.m.txs.append((
             ledger_tx, cmd.brand_id, cmd.provider_id, cmd.tx_id, cmd.kind.value, status.value, request_hash,
@@ -195,6 +198,7 @@ class Engine:
         stake = 0 if cmd.free_round else cmd.amount
         refusal = self._rg_check(cmd, stake)
         if refusal is not None:
+            self._rg_refused(cmd, ltx, refusal, stake)
             return refusal
         wallet = self._account("player", cmd.brand_id, cmd.player_id, cmd.currency, cmd.tenant_id)
         if wallet.balance < stake:
@@ -211,7 +215,7 @@ class Engine:
         rnd.live_bets += 1
         rnd.bet_total = min(rnd.bet_total + stake, INT64_MAX)  # informational: saturates, never refuses
         if cmd.round_closed:
-            rnd.closed = True
+            self._close(cmd.round_id, rnd)
         self.m.rounds[rkey] = rnd
         bet = Bet(cmd.round_id, cmd.player_id, cmd.currency, stake, cmd.free_round, "open", ltx)
         self.s.bets[key] = bet
@@ -264,7 +268,7 @@ class Engine:
             rnd.open_bets = max(0, rnd.open_bets - 1)
             self.m.bets[(cmd.brand_id, cmd.provider_id, cmd.ref_tx_id or "")] = bet
         if cmd.round_closed:
-            rnd.closed = True
+            self._close(bet.round_id if bet is not None else cmd.round_id, rnd)
         self.m.rounds[rkey] = rnd
         self._event(cmd, ltx, "bet.settled", cmd.amount, wallet.balance)
         if cmd.amount:
@@ -303,7 +307,7 @@ class Engine:
             rnd.live_bets = max(0, rnd.live_bets - 1)
             rnd.bet_total = max(0, rnd.bet_total - bet.amount)
             if cmd.round_closed:
-                rnd.closed = True
+                self._close(bet.round_id, rnd)
             self.m.rounds[rkey] = rnd
         self._event(cmd, ltx, "bet.rolled_back", bet.amount, wallet.balance)
         if bet.amount:
@@ -316,7 +320,7 @@ class Engine:
         if rnd is None:
             rnd = Round(cmd.player_id, cmd.currency)
             self.s.rounds[rkey] = rnd
-        rnd.closed = True
+        self._close(cmd.round_id, rnd)
         self.m.rounds[rkey] = rnd
         return Status.OK
 
@@ -424,7 +428,27 @@ class Engine:
         deltas[debit.account_id] = deltas.get(debit.account_id, 0) - amount
         deltas[credit.account_id] = deltas.get(credit.account_id, 0) + amount
 
-    def _event(self, cmd: Command, ltx: int, etype: str, amount: int, balance: int) -> None:
+    def _close(self, round_id: str, rnd: Round) -> None:
+        if not rnd.closed:
+            rnd.closed = True
+            self._closed = (round_id, rnd)
+
+    def _round_closed(self, cmd: Command, ltx: int, round_id: str, rnd: Round) -> None:
+        """``round.closed`` once per round, after the closing command's own events; amount is what it paid."""
+        self._closed = None
+        self._event(cmd, ltx, "round.closed", rnd.win_total, self._balance(cmd),
+                    {"round_id": round_id, "bet_total": rnd.bet_total, "win_total": rnd.win_total})
+
+    def _rg_refused(self, cmd: Command, ltx: int, refusal: Status, stake: int) -> None:
+        """A bet refused by a limit is recorded, and announced through the same outbox transaction."""
+        self._event(cmd, ltx, "rg.limit_reached", stake, self._balance(cmd), {"limit": refusal.value})
+
+    def _balance(self, cmd: Command) -> int:
+        acct = self.s.accounts.get(("player", cmd.brand_id, cmd.player_id, cmd.currency))
+        return acct.balance if acct else 0
+
+    def _event(self, cmd: Command, ltx: int, etype: str, amount: int, balance: int,
+               extra: dict[str, Any] | None = None) -> None:
         event_id = f"{ltx}:{etype}"
         payload = orjson.dumps({
             "id": event_id, "type": etype, "v": EVENT_SCHEMA_VERSION, "ts_ms": self.now_ms,
@@ -432,7 +456,7 @@ class Engine:
             "player_id": cmd.player_id, "currency": cmd.currency, "amount": amount, "balance": balance,
             "provider_id": cmd.provider_id, "tx_id": cmd.tx_id, "round_id": cmd.round_id,
             "ref_tx_id": cmd.ref_tx_id, "credit_type": cmd.credit_type, "ledger_tx": ltx,
-            "traceparent": cmd.traceparent,
+            "traceparent": cmd.traceparent, **(extra or {}),
         })
         base = self._subjects.get((cmd.tenant_id, cmd.brand_id))
         if base is None:

@@ -129,7 +129,18 @@ async def migrated(settings: Settings) -> Settings:
 
 
 @pytest.fixture(scope="session")
-async def writers(migrated: Settings) -> AsyncIterator[Settings]:
+async def event_contracts(migrated: Settings) -> AsyncIterator[None]:
+    """Once the writers (and their relays) have stopped: every event the session published matches its
+    versioned contract in ``contracts/events/``."""
+    yield
+    from tests.contract_check import stream_problems
+
+    seen, problems = await stream_problems(migrated)
+    assert not problems, f"events breaking their contracts (of {sum(seen.values())}):\n" + "\n".join(problems)
+
+
+@pytest.fixture(scope="session")
+async def writers(migrated: Settings, event_contracts: None) -> AsyncIterator[Settings]:
     """Ledger writers for every shard, in this event loop."""
     import asyncio
 

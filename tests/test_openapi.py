@@ -170,6 +170,8 @@ def test_security_schemes(doc: dict[str, Any]) -> None:
         names = {n for req in op.get("security", doc.get("security", [])) for n in req}
         if path.startswith(PROVIDER_PREFIX):
             assert names == {signature_name}, f"{method} {path}"
+        elif path == "/v1/ws":
+            assert names == {"playerSessionToken"}, "the player socket authenticates with the session token"
         elif path.startswith("/v1/"):
             assert bearer_name in names and signature_name not in names, f"{method} {path}"
         else:
