@@ -39,7 +39,7 @@ def test_end_round_and_rollback_close_rounds() -> None:
 
 
 def test_rg_refusal_is_an_event_in_the_same_batch_and_moves_nothing() -> None:
-    e = engine(limits={("b", "p1"): {"max_stake": Limit(200)}})
+    e = engine(limits={("b", "p1"): {("EUR", "max_stake"): Limit(200)}})
     r = e.apply(cmd(Kind.BET, "b1", 300))
     assert r.status is Status.STAKE_LIMIT and r.balance == 1000
     (ev,) = events(e)
@@ -50,13 +50,13 @@ def test_rg_refusal_is_an_event_in_the_same_batch_and_moves_nothing() -> None:
 
 
 def test_self_exclusion_refusal_is_announced() -> None:
-    e = engine(limits={("b", "p1"): {"self_exclude_until_ms": Limit(2_000_000_000_000)}})
+    e = engine(limits={("b", "p1"): {("", "self_exclude_until_ms"): Limit(2_000_000_000_000)}})
     assert e.apply(cmd(Kind.BET, "b1", 10)).status is Status.SELF_EXCLUDED
     assert [ev["limit"] for ev in events(e)] == ["self_excluded"]
 
 
 def test_engine_events_match_their_contracts() -> None:
-    e = engine(limits={("b", "p2"): {"loss_day": Limit(50)}})
+    e = engine(limits={("b", "p2"): {("EUR", "loss_day"): Limit(50)}})
     e.apply(cmd(Kind.DEPOSIT, "d1", 100))
     e.apply(cmd(Kind.WITHDRAW, "wd1", 50))
     e.apply(cmd(Kind.BET, "b1", 300))
