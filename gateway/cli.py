@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from gateway.processes import StopRequested, stop_children
@@ -84,11 +85,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_workers(settings: Settings, workers: int) -> int:
-    """N processes, one event loop each, sharing the port through SO_REUSEPORT."""
-    env = {**os.environ, "GATEWAY_WORKERS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--workers", "1"], env=env)
-             for _ in range(workers)]
-    return _supervise(procs)
+    """N processes, one event loop each, sharing the port through SO_REUSEPORT. They share a fresh
+    Prometheus multi-process folder, so /metrics (whichever worker answers) sums all of them; it is
+    removed when they have all stopped."""
+    with tempfile.TemporaryDirectory(prefix="gateway-metrics-") as metrics_dir:
+        env = {**os.environ, "GATEWAY_WORKERS": "1", "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+        procs = [subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--workers", "1"], env=env)
+                 for _ in range(workers)]
+        return _supervise(procs)
 
 
 def _supervise(procs: list[subprocess.Popen[bytes]]) -> int:

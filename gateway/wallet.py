@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from adapters.base import PlayerSession
+from gateway import counters
 from gateway.degradation import Degradation
 from gateway.errors import BadInput, InvalidAmount, Retryable
 from gateway.guards import Guards
@@ -28,7 +29,7 @@ from gateway.ledger_client import LedgerClient
 from gateway.money import format_minor
 from gateway.quota import RedisQuota
 from gateway.sessions import SessionStore
-from ledger.commands import Command, InvalidCommand, Kind, Result
+from ledger.commands import Command, InvalidCommand, Kind, Result, Status
 
 _BALANCE_SQL = """SELECT b.balance FROM accounts a JOIN balances b USING (account_id)
                    WHERE a.kind = 'player' AND a.brand_id = $1 AND a.player_id = $2 AND a.currency = $3"""
@@ -121,7 +122,10 @@ class Wallet:
                 self.guards.check(command.provider_id, command.brand_id)
             if self.quota is not None:
                 await self.quota.check(command.provider_id, command.brand_id)
-        return await self.ledger.submit(command)
+        result = await self.ledger.submit(command)
+        if command.kind is Kind.BET and result.status is Status.OK and not result.duplicate:
+            counters.bet_accepted(command.brand_id, command.currency, command.amount)
+        return result
 
     def now_ms(self) -> int:
         return int(time.time() * 1000)

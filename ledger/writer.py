@@ -36,9 +36,11 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.settings import Settings
 from ledger import chain, store, transport
+from ledger import metrics as ledger_metrics
 from ledger.backoff import Backoff
 from ledger.commands import Command, InvalidCommand, Result, Status
 from ledger.outbox import OutboxRelay
@@ -318,7 +320,9 @@ class ShardWriter:
         if cmds:
             started = time.perf_counter()
             outcome = await applier.apply(cmds)
-            self.apply_seconds += time.perf_counter() - started
+            took = time.perf_counter() - started
+            self.apply_seconds += took
+            ledger_metrics.observe_batch(self.shard, len(cmds), took, msgs)
             for result in outcome.results:
                 reply = replies.get(result.cmd_id, "")
                 if reply:
@@ -387,19 +391,12 @@ async def serve_health(settings: Settings, nc: NATS, writers: Sequence[ShardWrit
         body["status"] = "ready" if ready else "not ready"
         return web.json_response(body, status=200 if ready else 503)
 
+    registry = ledger_metrics.registry_for(writers, lambda: supervisor.restarts if supervisor is not None else {})
+
     async def metrics(request: web.Request) -> web.Response:
-        lines = ["# TYPE ledger_writer_applied_total counter"]
-        restarts = supervisor.restarts if supervisor is not None else {}
-        for w in writers:
-            lines.append(f'ledger_writer_applied_total{{shard="{w.shard}"}} {w.applied}')
-            lines.append(f'ledger_writer_batches_total{{shard="{w.shard}"}} {w.batches}')
-            lines.append(f'ledger_writer_apply_seconds_total{{shard="{w.shard}"}} {w.apply_seconds:.6f}')
-            lines.append(f'ledger_writer_active{{shard="{w.shard}"}} {int(w.active)}')
-            lines.append(f'ledger_writer_failures_total{{shard="{w.shard}"}} {w.failures}')
-            lines.append(f'ledger_writer_restarts_total{{shard="{w.shard}"}} {restarts.get(f"writer-{w.shard}", 0)}')
-            published = w.relay.published if w.relay else 0
-            lines.append(f'ledger_outbox_published_total{{shard="{w.shard}"}} {published}')
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        response = web.Response(body=generate_latest(registry))
+        response.content_type, response.charset = CONTENT_TYPE_LATEST.split(";")[0], "utf-8"
+        return response
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
