@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from adapters.base import PlayerSession
-from gateway import counters
+from gateway import counters, logs
 from gateway.degradation import Degradation
 from gateway.errors import BadInput, InvalidAmount, Retryable
 from gateway.guards import Guards
@@ -105,6 +105,8 @@ class Wallet:
             cmd.validate()
         except InvalidCommand as exc:
             raise BadInput(str(exc)) from None
+        logs.bind(logs.trace_id_of(cmd.traceparent), cmd.brand_id, cmd.provider_id,
+                  self.ledger.shard_of(cmd.player_id))
         ceiling = self.max_amounts.get(cmd.currency, 0)
         if amount > ceiling:
             raise InvalidAmount(f"amount above the maximum of one transaction "

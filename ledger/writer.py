@@ -38,6 +38,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway import logs
 from gateway.settings import Settings
 from ledger import chain, store, transport
 from ledger import metrics as ledger_metrics
@@ -113,6 +114,7 @@ class BatchApplier:
                 break
         if len(cmds) == 1:
             cmd = cmds[0]
+            logs.bind(logs.trace_id_of(cmd.traceparent), cmd.brand_id, cmd.provider_id, self.shard)
             log.error("shard %d: command %s refused by the database", self.shard, cmd.cmd_id, exc_info=failure)
             # the balance now (the failed transaction left it as it was), never a made-up zero
             balance = await self.conn.fetchval(_BALANCE_SQL, cmd.brand_id, cmd.player_id, cmd.currency)
@@ -190,6 +192,7 @@ class ShardWriter:
 
     async def run(self) -> None:
         """Until stopped, whatever happens: every failure is logged and retried after a backoff."""
+        logs.bind(shard=self.shard)
         while not self._stop.is_set():
             try:
                 await self._run_once()
@@ -282,6 +285,7 @@ class ShardWriter:
                         await self._sleep(self._backoff.next())
                         continue
                 self._check_relay()
+                logs.bind(shard=self.shard)  # the last batch's traces are done with
                 msgs = await puller.next(0.5)
                 if msgs:
                     await self.process(applier, msgs)
@@ -307,6 +311,8 @@ class ShardWriter:
         cmds: list[Command] = []
         replies: dict[str, str] = {}
         answers: defaultdict[str, list[list[Any]]] = defaultdict(list)
+        trace_ids = ",".join(t for m in msgs if (t := (m.headers or {}).get(transport.TRACE_IDS_HEADER)))
+        logs.bind(trace_ids, shard=self.shard)  # this batch's log lines name every trace in it
         for msg in msgs:
             good, bad = decode_batch(msg.data)
             reply = (msg.headers or {}).get(transport.REPLY_HEADER, "")
