@@ -157,6 +157,8 @@ class Exporter:
                 QUEUE_DEPTH.labels(label, lane).set(float(q.get("depth_" + lane, 0)))  # type: ignore[arg-type]
             SHEDDING.labels(label).set(int(bool(q.get("shedding"))))
             INFLIGHT.labels(label).set(float(q.get("inflight", 0)))  # type: ignore[arg-type]
+            if ("shed", shard) not in self._seen:
+                SHED.labels(label)  # a zero series from the start: alerts on rate() see 0, not nothing
             self._counter(SHED, ("shed", shard), float(q.get("dropped", 0)), label)  # type: ignore[arg-type]
         self._counter(PUBLISHED, "published", ledger.published)
         self._histogram(LEDGER_SECONDS, "ledger", ledger.latency_counts, ledger.latency_sum)
