@@ -173,6 +173,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     return run_up(_settings(), workers=args.workers)
 
 
+# ---------------------------------------------------------------------- top
+def cmd_top(args: argparse.Namespace) -> int:
+    from gateway.top import run
+
+    url = args.url
+    if not url:
+        settings = _settings()
+        host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host
+        url = f"http://{host}:{settings.http_port}"
+    if args.interval <= 0:
+        print("--interval must be positive", file=sys.stderr)
+        return 2
+    return run(url, args.interval, args.once)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="Game Gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards", default="all", help="e.g. 0-1 (default: all)")
     p.set_defaults(func=cmd_migrate)
     sub.add_parser("reconcile", help="check every ledger invariant").set_defaults(func=cmd_reconcile)
+    p = sub.add_parser("top", help="live view of a running gateway from its /metrics")
+    p.add_argument("--url", default="", help="gateway base URL (default: GATEWAY_HTTP_HOST:GATEWAY_HTTP_PORT)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between frames (default 2)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.set_defaults(func=cmd_top)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
