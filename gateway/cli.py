@@ -75,6 +75,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     _install_uvloop()
+    from gateway import otel
+
+    otel.configure(settings.otel_endpoint, "game-gateway")
     sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -114,6 +117,9 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
     shards = parse_shard_range(args.shards, settings.shards)
     _install_uvloop()
+    from gateway import otel
+
+    otel.configure(settings.otel_endpoint, "game-gateway-ledger")
 
     async def main() -> None:
         stop = await _until_signal()

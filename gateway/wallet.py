@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from adapters.base import PlayerSession
-from gateway import counters, logs
+from gateway import counters, logs, otel
 from gateway.degradation import Degradation
 from gateway.errors import BadInput, InvalidAmount, Retryable
 from gateway.guards import Guards
@@ -114,6 +114,14 @@ class Wallet:
         return cmd
 
     async def execute(self, command: Command, *, guard: bool = True) -> Result:
+        if otel.TRACER is None:
+            return await self._execute(command, guard)
+        with otel.span("ledger.command", command.traceparent, {
+                "ledger.kind": command.kind.value, "ledger.brand": command.brand_id,
+                "ledger.provider": command.provider_id, "ledger.shard": self.ledger.shard_of(command.player_id)}):
+            return await self._execute(command, guard)
+
+    async def _execute(self, command: Command, guard: bool) -> Result:
         if self.closing:
             raise Retryable("gateway is shutting down", retry_after_s=2.0)
         if guard:

@@ -38,7 +38,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import logs
+from gateway import logs, otel
 from gateway.settings import Settings
 from ledger import chain, store, transport
 from ledger import metrics as ledger_metrics
@@ -325,7 +325,9 @@ class ShardWriter:
                 answers[reply].extend(r.to_wire() for r in bad)
         if cmds:
             started = time.perf_counter()
-            outcome = await applier.apply(cmds)
+            with otel.span("ledger.batch", cmds[0].traceparent, {"ledger.shard": self.shard,
+                                                                 "ledger.commands": len(cmds)}):
+                outcome = await applier.apply(cmds)
             took = time.perf_counter() - started
             self.apply_seconds += took
             ledger_metrics.observe_batch(self.shard, len(cmds), took, msgs)

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sys
 import time
 from typing import Any
 
 import nats
 import orjson
+import pytest
 from nats.aio.msg import Msg
 
 from adapters.native import sign
+from gateway import otel
 from gateway.settings import Settings
 from hotpath.shard import shard_for
 from ledger import transport
@@ -62,3 +65,38 @@ async def test_traceparent_reaches_the_writer_headers_the_ledger_row_and_the_eve
     finally:
         await conn.close()
     assert row == trace
+
+
+def test_tracing_is_off_without_an_endpoint_or_the_extra(monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    otel.disable()
+    assert not otel.configure("", "game-gateway") and otel.TRACER is None
+    with otel.span("ledger.command", "00-" + "a" * 32 + "-" + "b" * 16 + "-01", {}):
+        pass  # a no-op
+    # the endpoint is set but the extra is not installed: a warning, and still off
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
+    assert not otel.configure("http://127.0.0.1:4318/v1/traces", "game-gateway")
+    assert otel.TRACER is None and "pip install '.[otel]'" in caplog.text
+
+
+async def test_command_span_joins_the_providers_trace(api: Api) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    otel.use_processor(SimpleSpanProcessor(exporter), "game-gateway")
+    try:
+        trace_id = secrets.token_hex(16)
+        _, token = await api.funded("10.00")
+        body = orjson.dumps({"session_token": token, "transaction_id": api.ns + "span-bet",
+                             "round_id": api.ns + "span-r", "amount": "1.00", "currency": "EUR"})
+        status, answer = await api.raw("/v1/providers/demo/bet", body, {
+            "X-Signature": sign(DEMO_SECRET, body), "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01",
+            "Content-Type": "application/json"})
+        assert status == 200, answer
+    finally:
+        otel.disable()
+    spans = [s for s in exporter.get_finished_spans() if s.name == "ledger.command"]
+    ours = [s for s in spans if f"{s.context.trace_id:032x}" == trace_id]
+    assert len(ours) == 1 and ours[0].attributes["ledger.kind"] == "bet", spans
