@@ -33,6 +33,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from gateway import logs
 from gateway.errors import LedgerTimeout, MalformedBody, Overloaded
 from gateway.settings import Settings
 from hotpath.backpressure import LANE_BET, LANE_SETTLE, ShardQueue
@@ -278,6 +279,7 @@ class LedgerClient:
         if pending:
             headers[transport.TRACEPARENT_HEADER] = pending[0].cmd.traceparent
             headers[transport.TRACE_IDS_HEADER] = ",".join(p.cmd.traceparent[3:35] for p in pending)
+            logs.bind(headers[transport.TRACE_IDS_HEADER], shard=shard)  # this task's log lines name them
         deadline = time.monotonic() + self.settings.ledger_timeout_ms / 1000
         for attempt in itertools.count():
             try:

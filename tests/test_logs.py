@@ -66,3 +66,22 @@ def test_format_setting_is_validated() -> None:
     assert Settings.from_env({"GATEWAY_LOG_FORMAT": "text"}).log_format == "text"
     with pytest.raises(SettingsError, match="GATEWAY_LOG_FORMAT"):
         Settings.from_env({"GATEWAY_LOG_FORMAT": "xml"})
+
+
+@pytest.mark.parametrize("fmt", logs.FORMATS)
+def test_configure_writes_the_chosen_format_to_stderr(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        logs.configure("INFO", fmt)
+        logging.getLogger("ledger.writer").warning("shard %d lost its database: password=%s", 3, "hunter2-pw")
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    assert "hunter2-pw" not in err
+    if fmt == "json":
+        line = json.loads(err)
+        assert line["logger"] == "ledger.writer" and line["msg"].startswith("shard 3 lost its database")
+    else:
+        assert "WARNING ledger.writer[" in err and "shard 3" in err
