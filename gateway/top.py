@@ -84,8 +84,9 @@ def _ms(seconds: float) -> str:
 def render(base_url: str, samples: Samples, prev: Samples | None = None, interval_s: float = 0.0) -> str:
     live = prev is not None and interval_s > 0
 
-    def per(v: float) -> float:
-        return v / interval_s if live else v
+    def per(v: float) -> str:
+        """A rate over the interval (one decimal), or a total (a whole number)."""
+        return f"{v / interval_s:.1f}" if live else f"{v:.0f}"
 
     unit = "/s" if live else " total"
     lines = [f"gateway top — {base_url} — {time.strftime('%H:%M:%S')} — "
@@ -100,7 +101,7 @@ def render(base_url: str, samples: Samples, prev: Samples | None = None, interva
     lines += ["", f"{'route':<44} {'req' + unit:>12} {'5xx':>8} {'p95 ms':>8}"]
     for (route,), n in sorted(requests.items(), key=lambda kv: -kv[1])[:12]:
         fives = sum(v for (r, _), v in errors.items() if r == route)
-        lines.append(f"{route[:44]:<44} {per(n):>12.1f} {per(fives):>8.1f} {_ms(p95.get(route, math.nan)):>8}")
+        lines.append(f"{route[:44]:<44} {per(n):>12} {per(fives):>8} {_ms(p95.get(route, math.nan)):>8}")
 
     bets = _minus(_by(samples, "gateway_bets_total", "brand", "currency"),
                   _by(prev, "gateway_bets_total", "brand", "currency") if prev else None)
@@ -110,7 +111,7 @@ def render(base_url: str, samples: Samples, prev: Samples | None = None, interva
         lines += ["", f"{'brand':<20} {'currency':<8} {'bets' + unit:>12} {'stake (minor)' + unit:>22}"]
         for (brand, currency), n in sorted(bets.items()):
             amount = per(stake.get((brand, currency), 0))
-            lines.append(f"{brand[:20]:<20} {currency:<8} {per(n):>12.1f} {amount:>22.1f}")
+            lines.append(f"{brand[:20]:<20} {currency:<8} {per(n):>12} {amount:>22}")
 
     depth = _by(samples, "gateway_ledger_queue_depth", "shard", "lane")
     shedding = _by(samples, "gateway_ledger_shedding", "shard")
@@ -123,12 +124,12 @@ def render(base_url: str, samples: Samples, prev: Samples | None = None, interva
     timeouts = _minus(_by(samples, "gateway_ledger_timeouts_total"), _by(prev, "gateway_ledger_timeouts_total")
                       if prev else None).get((), 0.0)
     lines += ["", f"ledger: round trip p95 {_ms(ledger_p95).strip()} ms, lag {lag * 1000:.1f} ms, "
-                  f"timeouts {per(timeouts):.1f}{unit}",
+                  f"timeouts {per(timeouts)}{unit}",
               f"{'shard':<6} {'bet q':>7} {'settle q':>9} {'in flight':>10} {'shedding':>9} {'shed' + unit:>12}"]
     for shard in shards:
         lines.append(f"{shard:<6} {depth.get((shard, 'bet'), 0):>7.0f} {depth.get((shard, 'settle'), 0):>9.0f} "
                      f"{inflight.get((shard,), 0):>10.0f} {'YES' if shedding.get((shard,), 0) else 'no':>9} "
-                     f"{per(shed.get((shard,), 0)):>12.1f}")
+                     f"{per(shed.get((shard,), 0)):>12}")
 
     limited = _minus(_by(samples, "gateway_rate_limited_total"), _by(prev, "gateway_rate_limited_total")
                      if prev else None).get((), 0.0)
@@ -136,7 +137,7 @@ def render(base_url: str, samples: Samples, prev: Samples | None = None, interva
              if v and labels.get("scope") == "global"]
     entries = sum(v for _, v in _select(samples, "gateway_degradation_entries"))
     health = {labels["provider"]: v for labels, v in _select(samples, "gateway_provider_up")}
-    lines += ["", f"rate-limited {per(limited):.1f}{unit}   degradation: {', '.join(modes) or 'unknown'}"
+    lines += ["", f"rate-limited {per(limited)}{unit}   degradation: {', '.join(modes) or 'unknown'}"
                   f" ({entries:.0f} scoped)",
               "providers: " + (", ".join(f"{p} {'up' if v else 'DOWN'}" for p, v in sorted(health.items()))
                                or "no health checks")]

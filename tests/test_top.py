@@ -33,11 +33,27 @@ async def test_top_once_shows_a_frame_of_the_running_gateway(api: Api, gateway: 
     assert done.returncode == 0, done.stderr
     frame = done.stdout
     assert "/v1/providers/demo/bet" in frame  # the route just called, with its count and p95
-    assert any(line.startswith("top-brand") and "EUR" in line and "250.0" in line for line in frame.splitlines()), \
-        frame
+    brand_rows = [line.split() for line in frame.splitlines() if line.startswith("top-brand")]
+    assert brand_rows == [["top-brand", "EUR", "1", "250"]], frame  # one bet, 2.50 EUR in cents
     assert "degradation: normal" in frame and "shard" in frame
 
 
 async def test_top_says_when_it_cannot_read_metrics() -> None:
     done = await asyncio.to_thread(_top, "http://127.0.0.1:9")
     assert done.returncode == 1 and "cannot read" in done.stderr
+
+
+def test_live_frame_shows_rates_over_the_interval() -> None:
+    from gateway.top import render
+
+    def at(n: float, shed: float) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        return {("gateway_requests_total", frozenset({("route", "/v1/providers/demo/bet"), ("status", "200")})): n,
+                ("gateway_ledger_shed_total", frozenset({("shard", "0")})): shed,
+                ("gateway_ledger_shedding", frozenset({("shard", "0")})): 1.0}
+
+    frame = render("http://gw", at(30, 8), at(10, 4), interval_s=2.0)
+    assert "rates over 2 s" in frame
+    bet = next(line.split() for line in frame.splitlines() if line.startswith("/v1/providers/demo/bet"))
+    assert bet[1] == "10.0"  # (30 - 10) / 2 s
+    shard = next(line.split() for line in frame.splitlines() if line.startswith("0 "))
+    assert shard[-2:] == ["YES", "2.0"]
