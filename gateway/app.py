@@ -27,7 +27,7 @@ from gateway.guards import Guards
 from gateway.health import healthz, readyz
 from gateway.http import ClientDisconnected, Handler, error_response, json_response
 from gateway.ledger_client import LedgerClient
-from gateway.metrics import metrics_handler, metrics_middleware
+from gateway.metrics import EXPORTER_KEY, Exporter, metrics_handler, metrics_middleware
 from gateway.monitor import Monitor
 from gateway.operator_api import routes as operator_routes
 from gateway.providers import adapter_class
@@ -108,13 +108,17 @@ def _lifecycle(settings: Settings, providers: list[ProviderConfig]):  # type: ig
         app[STATE_KEY] = state
         monitor = Monitor(state)
         monitor_task = asyncio.create_task(monitor.run(), name="gateway-monitor")
+        exporter = app[EXPORTER_KEY] = Exporter(state)
+        metrics_stop = asyncio.Event()
+        metrics_task = asyncio.create_task(exporter.run(metrics_stop), name="gateway-metrics")
         try:
             yield
         finally:
             wallet.closing = True
             monitor.stop()
             await ledger.drain(settings.shutdown_drain_s)
-            await asyncio.gather(monitor_task, return_exceptions=True)
+            metrics_stop.set()
+            await asyncio.gather(monitor_task, metrics_task, return_exceptions=True)
             await ledger.close()
             await nc.drain()
             for pool in pools.values():

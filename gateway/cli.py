@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from gateway.processes import StopRequested, stop_children
@@ -29,8 +29,9 @@ def _settings() -> Settings:
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    from gateway.logs import configure
+
+    configure(settings.log_level, settings.log_format)
 
 
 def _need(settings: Settings, *names: str) -> None:
@@ -74,6 +75,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     _install_uvloop()
+    from gateway import otel
+
+    otel.configure(settings.otel_endpoint, "game-gateway")
     sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -84,11 +88,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_workers(settings: Settings, workers: int) -> int:
-    """N processes, one event loop each, sharing the port through SO_REUSEPORT."""
-    env = {**os.environ, "GATEWAY_WORKERS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--workers", "1"], env=env)
-             for _ in range(workers)]
-    return _supervise(procs)
+    """N processes, one event loop each, sharing the port through SO_REUSEPORT. They share a fresh
+    Prometheus multi-process folder, so /metrics (whichever worker answers) sums all of them; it is
+    removed when they have all stopped."""
+    with tempfile.TemporaryDirectory(prefix="gateway-metrics-") as metrics_dir:
+        env = {**os.environ, "GATEWAY_WORKERS": "1", "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+        procs = [subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--workers", "1"], env=env)
+                 for _ in range(workers)]
+        return _supervise(procs)
 
 
 def _supervise(procs: list[subprocess.Popen[bytes]]) -> int:
@@ -110,6 +117,9 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
     shards = parse_shard_range(args.shards, settings.shards)
     _install_uvloop()
+    from gateway import otel
+
+    otel.configure(settings.otel_endpoint, "game-gateway-ledger")
 
     async def main() -> None:
         stop = await _until_signal()
@@ -189,6 +199,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     return run_up(_settings(), workers=args.workers)
 
 
+# ---------------------------------------------------------------------- top
+def cmd_top(args: argparse.Namespace) -> int:
+    from gateway.top import run
+
+    url = args.url
+    if not url:
+        settings = _settings()
+        host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host
+        url = f"http://{host}:{settings.http_port}"
+    if args.interval <= 0:
+        print("--interval must be positive", file=sys.stderr)
+        return 2
+    return run(url, args.interval, args.once)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="Game Gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -216,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--type", help="only this event type, e.g. bet.placed (or a family: bet)")
     p.add_argument("--since", help="replay from 15m / 2h / 7d ago or an ISO timestamp (default: new events)")
     p.set_defaults(func=cmd_events_tail)
+    p = sub.add_parser("top", help="live view of a running gateway from its /metrics")
+    p.add_argument("--url", default="", help="gateway base URL (default: GATEWAY_HTTP_HOST:GATEWAY_HTTP_PORT)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between frames (default 2)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.set_defaults(func=cmd_top)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -33,6 +33,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from gateway import logs
 from gateway.errors import LedgerTimeout, MalformedBody, Overloaded
 from gateway.settings import Settings
 from hotpath.backpressure import LANE_BET, LANE_SETTLE, ShardQueue
@@ -271,9 +272,14 @@ class LedgerClient:
         """Publish (retrying with the same message id) then hold the slot until answered or timed out."""
         msg_id = f"{self._instance}-{next(self._batch_ids)}"
         subject = transport.cmd_subject(self.settings, shard)
-        headers = {transport.MSG_ID_HEADER: msg_id, transport.REPLY_HEADER: self.reply_subject}
         body = batch.encode()
-        futures = [f for c in batch.cmd_ids if (p := self._waiting.get(c)) is not None and not (f := p.future).done()]
+        pending = [p for c in batch.cmd_ids if (p := self._waiting.get(c)) is not None]
+        futures = [p.future for p in pending if not p.future.done()]
+        headers = {transport.MSG_ID_HEADER: msg_id, transport.REPLY_HEADER: self.reply_subject}
+        if pending:
+            headers[transport.TRACEPARENT_HEADER] = pending[0].cmd.traceparent
+            headers[transport.TRACE_IDS_HEADER] = ",".join(p.cmd.traceparent[3:35] for p in pending)
+            logs.bind(headers[transport.TRACE_IDS_HEADER], shard=shard)  # this task's log lines name them
         deadline = time.monotonic() + self.settings.ledger_timeout_ms / 1000
         for attempt in itertools.count():
             try:

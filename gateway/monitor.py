@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from gateway.degradation import NO_NEW_SESSIONS, NORMAL
+from gateway.metrics import PROVIDER_UP
 from ledger.backoff import Backoff
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ class Monitor:
         fails, oks = self.health.get(provider_id, (0, 0))
         fails, oks = (0, oks + 1) if ok else (fails + 1, 0)
         self.health[provider_id] = (fails, oks)
+        PROVIDER_UP.labels(provider_id).set(int(ok))
         scope = f"provider:{provider_id}"
         if fails >= s.health_fail_threshold:
             self.state.degradation.set_mode(scope, NO_NEW_SESSIONS, "health", f"{fails} failed health checks")

@@ -46,6 +46,10 @@ class Settings:
     namespace: str = ""
     workers: int = 1
     log_level: str = "INFO"
+    #: ``json`` (one object per line, with trace id, brand, provider and shard) or ``text``
+    log_format: str = "json"
+    #: OTLP/HTTP traces endpoint (e.g. ``http://collector:4318/v1/traces``); needs the ``otel`` extra. Empty: off
+    otel_endpoint: str = ""
 
     # --- ledger and transport --------------------------------------------------------------------
     shards: int = 4
@@ -180,6 +184,9 @@ class Settings:
         need(0 <= self.ready_max_pending_age_s <= 86_400, "ready_max_pending_age_s", "must be 0 (off)..86400")
         need(self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}, "log_level",
              "must be DEBUG, INFO, WARNING or ERROR")
+        need(self.log_format in {"json", "text"}, "log_format", "must be json or text")
+        need(not self.otel_endpoint or self.otel_endpoint.startswith(("http://", "https://")), "otel_endpoint",
+             "must be an http(s) URL or empty")
         for name in ("rl_player_per_s", "rl_round_per_s", "rl_provider_per_s", "rl_brand_per_s",
                      "rl_player_burst", "rl_round_burst", "rl_provider_burst", "rl_brand_burst",
                      "rl_max_keys", "queue_max_depth", "stream_duplicate_window_s"):

@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from adapters.base import PlayerSession
+from gateway import counters, logs, otel
 from gateway.degradation import Degradation
 from gateway.errors import BadInput, InvalidAmount, Retryable
 from gateway.guards import Guards
@@ -28,7 +29,7 @@ from gateway.ledger_client import LedgerClient
 from gateway.money import format_minor
 from gateway.quota import RedisQuota
 from gateway.sessions import SessionStore
-from ledger.commands import Command, InvalidCommand, Kind, Result
+from ledger.commands import Command, InvalidCommand, Kind, Result, Status
 
 _BALANCE_SQL = """SELECT b.balance FROM accounts a JOIN balances b USING (account_id)
                    WHERE a.kind = 'player' AND a.brand_id = $1 AND a.player_id = $2 AND a.currency = $3"""
@@ -104,6 +105,8 @@ class Wallet:
             cmd.validate()
         except InvalidCommand as exc:
             raise BadInput(str(exc)) from None
+        logs.bind(logs.trace_id_of(cmd.traceparent), cmd.brand_id, cmd.provider_id,
+                  self.ledger.shard_of(cmd.player_id))
         ceiling = self.max_amounts.get(cmd.currency, 0)
         if amount > ceiling:
             raise InvalidAmount(f"amount above the maximum of one transaction "
@@ -111,6 +114,14 @@ class Wallet:
         return cmd
 
     async def execute(self, command: Command, *, guard: bool = True) -> Result:
+        if otel.TRACER is None:
+            return await self._execute(command, guard)
+        with otel.span("ledger.command", command.traceparent, {
+                "ledger.kind": command.kind.value, "ledger.brand": command.brand_id,
+                "ledger.provider": command.provider_id, "ledger.shard": self.ledger.shard_of(command.player_id)}):
+            return await self._execute(command, guard)
+
+    async def _execute(self, command: Command, guard: bool) -> Result:
         if self.closing:
             raise Retryable("gateway is shutting down", retry_after_s=2.0)
         if guard:
@@ -121,7 +132,10 @@ class Wallet:
                 self.guards.check(command.provider_id, command.brand_id)
             if self.quota is not None:
                 await self.quota.check(command.provider_id, command.brand_id)
-        return await self.ledger.submit(command)
+        result = await self.ledger.submit(command)
+        if command.kind is Kind.BET and result.status is Status.OK and not result.duplicate:
+            counters.bet_accepted(command.brand_id, command.currency, command.amount)
+        return result
 
     def now_ms(self) -> int:
         return int(time.time() * 1000)

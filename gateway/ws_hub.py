@@ -250,15 +250,6 @@ class Hub:
                 if not c.ws.closed:
                     c.abort()
 
-    def metric_lines(self) -> list[str]:
-        return [f"gateway_ws_connections {self.count}",
-                f"gateway_ws_players {len(self.by_player)}",
-                f"gateway_ws_messages_sent_total {self.sent}",
-                f"gateway_ws_balances_conflated_total {self.conflated}",
-                f"gateway_ws_slow_disconnects_total {self.slow_disconnects}",
-                f"gateway_ws_queue_high_water {self.high_water}",
-                f"gateway_ws_event_cursor {self.cursor}"]
-
     # ------------------------------------------------------------------ registry
     def add(self, conn: Conn) -> None:
         self.by_player.setdefault(conn.key, []).append(conn)

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 REPLY_HEADER = "Gw-Reply"
 MSG_ID_HEADER = "Nats-Msg-Id"
+#: W3C trace context of a command batch's first command, and the trace ids of all of them (comma-separated),
+#: so the writer's logs and spans need not parse the body (each command also carries its own traceparent)
+TRACEPARENT_HEADER = "traceparent"
+TRACE_IDS_HEADER = "Gw-Trace-Ids"
 
 
 def subject_prefix(settings: Settings) -> str:

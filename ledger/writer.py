@@ -36,9 +36,12 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway import logs, otel
 from gateway.settings import Settings
 from ledger import chain, store, transport
+from ledger import metrics as ledger_metrics
 from ledger.backoff import Backoff
 from ledger.commands import Command, InvalidCommand, Result, Status
 from ledger.outbox import OutboxRelay
@@ -111,6 +114,7 @@ class BatchApplier:
                 break
         if len(cmds) == 1:
             cmd = cmds[0]
+            logs.bind(logs.trace_id_of(cmd.traceparent), cmd.brand_id, cmd.provider_id, self.shard)
             log.error("shard %d: command %s refused by the database", self.shard, cmd.cmd_id, exc_info=failure)
             # the balance now (the failed transaction left it as it was), never a made-up zero
             balance = await self.conn.fetchval(_BALANCE_SQL, cmd.brand_id, cmd.player_id, cmd.currency)
@@ -188,6 +192,7 @@ class ShardWriter:
 
     async def run(self) -> None:
         """Until stopped, whatever happens: every failure is logged and retried after a backoff."""
+        logs.bind(shard=self.shard)
         while not self._stop.is_set():
             try:
                 await self._run_once()
@@ -280,6 +285,7 @@ class ShardWriter:
                         await self._sleep(self._backoff.next())
                         continue
                 self._check_relay()
+                logs.bind(shard=self.shard)  # the last batch's traces are done with
                 msgs = await puller.next(0.5)
                 if msgs:
                     await self.process(applier, msgs)
@@ -305,6 +311,8 @@ class ShardWriter:
         cmds: list[Command] = []
         replies: dict[str, str] = {}
         answers: defaultdict[str, list[list[Any]]] = defaultdict(list)
+        trace_ids = ",".join(t for m in msgs if (t := (m.headers or {}).get(transport.TRACE_IDS_HEADER)))
+        logs.bind(trace_ids, shard=self.shard)  # this batch's log lines name every trace in it
         for msg in msgs:
             good, bad = decode_batch(msg.data)
             reply = (msg.headers or {}).get(transport.REPLY_HEADER, "")
@@ -317,8 +325,12 @@ class ShardWriter:
                 answers[reply].extend(r.to_wire() for r in bad)
         if cmds:
             started = time.perf_counter()
-            outcome = await applier.apply(cmds)
-            self.apply_seconds += time.perf_counter() - started
+            with otel.span("ledger.batch", cmds[0].traceparent, {"ledger.shard": self.shard,
+                                                                 "ledger.commands": len(cmds)}):
+                outcome = await applier.apply(cmds)
+            took = time.perf_counter() - started
+            self.apply_seconds += took
+            ledger_metrics.observe_batch(self.shard, len(cmds), took, msgs)
             for result in outcome.results:
                 reply = replies.get(result.cmd_id, "")
                 if reply:
@@ -387,19 +399,12 @@ async def serve_health(settings: Settings, nc: NATS, writers: Sequence[ShardWrit
         body["status"] = "ready" if ready else "not ready"
         return web.json_response(body, status=200 if ready else 503)
 
+    registry = ledger_metrics.registry_for(writers, lambda: supervisor.restarts if supervisor is not None else {})
+
     async def metrics(request: web.Request) -> web.Response:
-        lines = ["# TYPE ledger_writer_applied_total counter"]
-        restarts = supervisor.restarts if supervisor is not None else {}
-        for w in writers:
-            lines.append(f'ledger_writer_applied_total{{shard="{w.shard}"}} {w.applied}')
-            lines.append(f'ledger_writer_batches_total{{shard="{w.shard}"}} {w.batches}')
-            lines.append(f'ledger_writer_apply_seconds_total{{shard="{w.shard}"}} {w.apply_seconds:.6f}')
-            lines.append(f'ledger_writer_active{{shard="{w.shard}"}} {int(w.active)}')
-            lines.append(f'ledger_writer_failures_total{{shard="{w.shard}"}} {w.failures}')
-            lines.append(f'ledger_writer_restarts_total{{shard="{w.shard}"}} {restarts.get(f"writer-{w.shard}", 0)}')
-            published = w.relay.published if w.relay else 0
-            lines.append(f'ledger_outbox_published_total{{shard="{w.shard}"}} {published}')
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        response = web.Response(body=generate_latest(registry))
+        response.content_type, response.charset = CONTENT_TYPE_LATEST.split(";")[0], "utf-8"
+        return response
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)

@@ -88,7 +88,7 @@ async def test_no_new_sessions_refuses_launches_not_play(make_gateway: Any, http
             ready = await resp.json()
             assert ready["degradation"]["global"] == "bets_paused"
         async with http.get(gw.base_url + "/metrics") as resp:
-            assert 'gateway_degradation_mode{scope="global",mode="bets_paused"} 1' in await resp.text()
+            assert 'gateway_degradation_mode{mode="bets_paused",scope="global"} 1.0' in await resp.text()
         for scope in ("global", "provider:demo"):
             await api.operator("PUT", "/v1/admin/degradation", {"scope": scope, "mode": "normal"}, key=ADMIN_KEY)
         status, _ = await api.operator("POST", "/v1/sessions", {**player, "provider_id": "demo"})

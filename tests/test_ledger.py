@@ -235,7 +235,7 @@ async def test_writer_process_serves_health_and_metrics(own_db: Settings, http: 
             await asyncio.sleep(0.1)
         assert body["shards"] == {"0": "active", "1": "active"}
         async with http.get(f"http://127.0.0.1:{s.writer_http_port}/metrics") as resp:
-            assert 'ledger_writer_active{shard="1"} 1' in await resp.text()
+            assert 'ledger_writer_active{shard="1"} 1.0' in await resp.text()
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

@@ -195,7 +195,7 @@ async def test_a_client_that_never_reads_is_conflated_then_cut_off(api: Api, mak
         raw.close()
         async with aiohttp.ClientSession() as http, http.get(gw.base_url + "/metrics") as resp:
             text = await resp.text()
-        assert "gateway_ws_slow_disconnects_total 1" in text and "gateway_ws_balances_conflated_total" in text
+        assert "gateway_ws_slow_disconnects_total 1.0" in text and "gateway_ws_balances_conflated_total" in text
 
 
 async def test_shutdown_says_bye_to_every_socket(api: Api, http: aiohttp.ClientSession, make_gateway: Any) -> None:
