@@ -10,14 +10,16 @@ protocol's code (looked up along the class's MRO); a test proves no class is lef
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from aiohttp import web
 
 from gateway.errors import Forbidden, GatewayError
-from gateway.http import read_body
+from gateway.http import ClientDisconnected, read_body
+from gateway.unexpected import answer_for
 from ledger.commands import Command, Kind, Result
 
 
@@ -93,8 +95,23 @@ class WalletPort(Protocol):
         """
 
 
+#: one call of a protocol: the request and its verified, decoded body → the protocol's reply
+Op = Callable[[web.Request, Any], Awaitable[Any]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: what an answer may repeat from a request whose handling failed (e.g. Hub88's ``request_uuid``);
+#: ``decode`` fills it as soon as it has read the values, so even a later error echoes them
+Echo = dict[str, Any]
+
+
 class Adapter:
-    """Base of every protocol module."""
+    """Base of every protocol module.
+
+    ``handle`` is the one request path of every protocol: read the body (source network, size, deadline),
+    ``decode`` it (authenticate first, then parse), run the call, ``render`` its reply; a ``GatewayError``
+    is answered by ``render_error``, a protocol's own internal exceptions by ``own_answer``, anything else
+    by ``gateway.unexpected.answer_for`` (retryable for an outage, internal error for a defect). A client
+    gone mid-body is let through: there is nobody to answer.
+    """
 
     protocol: ClassVar[str]
     ERRORS: ClassVar[Mapping[type[GatewayError], Any]]
@@ -106,10 +123,53 @@ class Adapter:
     def __init__(self, config: ProviderConfig, wallet: WalletPort) -> None:
         self.config = config
         self.wallet = wallet
+        self.log = logging.getLogger(type(self).__module__)
 
     def routes(self) -> list[web.AbstractRouteDef]:
         """Routes relative to the provider's mount point."""
         raise NotImplementedError
+
+    # --- the one request path and its hooks -------------------------------------------------------------
+    def endpoint(self, op: Op) -> Handler:
+        """An aiohttp handler that serves ``op`` through ``handle``."""
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self.handle(request, op)
+
+        handler.__name__ = f"{self.protocol}_{op.__name__.lstrip('_')}"
+        return handler
+
+    async def handle(self, request: web.Request, op: Op) -> web.StreamResponse:
+        echo: Echo = {}
+        try:
+            raw = await self.read_body(request)
+            call = self.decode(request, raw, echo)
+            return self.render(await op(request, call))
+        except ClientDisconnected:
+            raise
+        except GatewayError as exc:
+            return self.render_error(exc, echo)
+        except Exception as exc:
+            own = self.own_answer(exc, echo)
+            if own is not None:
+                return own
+            return self.render_error(answer_for(exc, f"{self.protocol} {self.config.id} {request.path}",
+                                                self.log), echo)
+
+    def decode(self, request: web.Request, raw: bytes, echo: Echo) -> Any:
+        """Authenticate the call, then parse ``raw`` into what the protocol's calls take."""
+        raise NotImplementedError
+
+    def render(self, reply: Any) -> web.StreamResponse:
+        """The HTTP answer for a call's reply."""
+        raise NotImplementedError
+
+    def render_error(self, exc: GatewayError, echo: Echo) -> web.StreamResponse:
+        """The HTTP answer for an error, in the protocol's format with its code from ``ERRORS``."""
+        raise NotImplementedError
+
+    def own_answer(self, exc: Exception, echo: Echo) -> web.StreamResponse | None:
+        """The answer to one of the protocol's internal exceptions; ``None`` for anything unexpected."""
+        return None
 
     @classmethod
     def error_code(cls, exc: GatewayError | type[GatewayError]) -> Any:

@@ -19,7 +19,6 @@ The module also holds ``EvolutionClient``, the provider side, for tests and load
 from __future__ import annotations
 
 import hmac
-import logging
 import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,21 +28,21 @@ from typing import Any, ClassVar, TypeGuard
 from aiohttp import web
 
 from adapters import flow
-from adapters.base import Adapter, PlayerSession, ProviderConfig, WalletPort
+from adapters.base import Adapter, Echo, PlayerSession, ProviderConfig, WalletPort
 from adapters.flow import Call
 from adapters.jsonwire import BadNumber, DuplicateKey, Raw, dumps, loads_exact, money, obj
 from gateway import errors as e
-from gateway.http import ClientDisconnected
 from gateway.money import format_minor, to_minor
-from gateway.unexpected import answer_for
 from ledger.commands import Command, Kind, Result, clean_text
-
-log = logging.getLogger(__name__)
 
 OK = "OK"
 MAX_TEXT = 128
 
 Reply = list[tuple[str, Any]]
+
+
+class _NotJson(Exception):
+    """The body is not JSON at all (answered HTTP 400); internal."""
 
 
 class _Answer(Exception):
@@ -158,55 +157,42 @@ class EvolutionAdapter(Adapter):
             "/check": self._check, "/balance": self._balance, "/debit": self._debit,
             "/credit": self._credit, "/cancel": self._cancel, "/promo_payout": self._promo_payout,
         }
-        return [web.post(path, self._endpoint(op)) for path, op in ops.items()]
+        return [web.post(path, self.endpoint(op)) for path, op in ops.items()]
 
-    # --- the envelope ------------------------------------------------------------------------------
-    def _endpoint(
-        self, op: Callable[[web.Request, dict[str, Any]], Awaitable[Reply]]
-    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            return await self._handle(request, op)
-
-        handler.__name__ = f"evolution{op.__name__}"
-        return handler
-
+    # --- the hooks of ``Adapter.handle`` --------------------------------------------------------------
     def verify(self, token: str | None) -> None:
         if not token:
             raise e.Unauthorized("missing authToken")
         if not hmac.compare_digest(self._token, token.encode()):
             raise e.InvalidSignature("wrong authToken")
 
-    async def _handle(self, request: web.Request,
-                      op: Callable[[web.Request, dict[str, Any]], Awaitable[Reply]]) -> web.StreamResponse:
-        uuid = ""
+    def decode(self, request: web.Request, raw: bytes, echo: Echo) -> dict[str, Any]:
+        self.verify(request.query.get("authToken"))
         try:
-            body = await self.read_body(request)
-            self.verify(request.query.get("authToken"))
-            try:
-                data = loads_exact(body)
-            except DuplicateKey:
-                raise e.MalformedBody("a key appears twice in one object") from None
-            except ValueError:
-                return self._json([("status", "INVALID_PARAMETER"), ("uuid", "")], 400)
-            if not isinstance(data, dict):
-                raise e.MalformedBody("body is not a JSON object")
-            if _echoable(data.get("uuid")):
-                uuid = data["uuid"]
-            reply = await op(request, data)
-        except ClientDisconnected:
-            raise
-        except e.GatewayError as exc:
-            reply = self._error(self.error_code(exc), exc.balance, exc.currency, uuid)
-        except _Answer as answer:
-            reply = self._error(answer.status, answer.result.balance, answer.result.currency, uuid)
-        except Exception as exc:
-            err = answer_for(exc, f"evolution {request.path}", log)
-            reply = self._error(self.error_code(err), None, None, uuid)
-        return self._json(reply)
+            data = loads_exact(raw)
+        except DuplicateKey:
+            raise e.MalformedBody("a key appears twice in one object") from None
+        except ValueError:
+            raise _NotJson() from None
+        if not isinstance(data, dict):
+            raise e.MalformedBody("body is not a JSON object")
+        if _echoable(data.get("uuid")):
+            echo["uuid"] = data["uuid"]
+        return data
 
-    @staticmethod
-    def _json(reply: Reply, status: int = 200) -> web.Response:
+    def render(self, reply: Reply, status: int = 200) -> web.Response:
         return web.Response(body=dumps(reply), status=status, content_type="application/json")
+
+    def render_error(self, exc: e.GatewayError, echo: Echo) -> web.Response:
+        return self.render(self._error(self.error_code(exc), exc.balance, exc.currency, echo.get("uuid", "")))
+
+    def own_answer(self, exc: Exception, echo: Echo) -> web.Response | None:
+        if isinstance(exc, _Answer):
+            return self.render(self._error(exc.status, exc.result.balance, exc.result.currency,
+                                           echo.get("uuid", "")))
+        if isinstance(exc, _NotJson):  # not JSON at all: the one answer that is not HTTP 200
+            return self.render([("status", "INVALID_PARAMETER"), ("uuid", "")], 400)
+        return None
 
     @staticmethod
     def _error(status: str, balance: int | None, currency: str | None, uuid: str) -> Reply:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeGuard
 
 import orjson
@@ -27,15 +25,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from adapters import flow
-from adapters.base import Adapter, PlayerSession, ProviderConfig, WalletPort
+from adapters.base import Adapter, Echo, PlayerSession, ProviderConfig, WalletPort
 from adapters.flow import Call
 from gateway import errors as e
-from gateway.http import ClientDisconnected, header_bytes, unique_keys
+from gateway.http import header_bytes, unique_keys
 from gateway.money import exponent
-from gateway.unexpected import answer_for
 from ledger.commands import Command, Kind, clean_text
-
-log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Hub88-Signature"
 #: Hub88 money is the value times this, for every currency
@@ -136,10 +131,6 @@ class _Fields:
         return f"tx:{fallback_tx}" if self.d.get("round") in (None, "") else self.text("round")
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Op = Callable[[web.Request, _Fields], Awaitable[dict[str, Any]]]
-
-
 class Hub88Adapter(Adapter):
     protocol = "hub88"
     EXCHANGES_LAUNCH_TOKEN = False
@@ -200,21 +191,14 @@ class Hub88Adapter(Adapter):
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [
-            web.post("/user/info", self._endpoint(self._user_info)),
-            web.post("/user/balance", self._endpoint(self._balance)),
-            web.post("/transaction/bet", self._endpoint(self._bet)),
-            web.post("/transaction/win", self._endpoint(self._win)),
-            web.post("/transaction/rollback", self._endpoint(self._rollback)),
+            web.post("/user/info", self.endpoint(self._user_info)),
+            web.post("/user/balance", self.endpoint(self._balance)),
+            web.post("/transaction/bet", self.endpoint(self._bet)),
+            web.post("/transaction/win", self.endpoint(self._win)),
+            web.post("/transaction/rollback", self.endpoint(self._rollback)),
         ]
 
-    # --- the envelope: network, signature, syntax, one answer shape --------------------------------
-    def _endpoint(self, op: Op) -> Handler:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            return await self._handle(request, op)
-
-        handler.__name__ = f"hub88{op.__name__}"
-        return handler
-
+    # --- the hooks of ``Adapter.handle``: signature, syntax, one answer shape ------------------------
     def verify(self, body: bytes, signature: bytes | str | None) -> None:
         """Raise unless ``signature`` (base64) is Hub88's RSA-SHA256 (PKCS#1 v1.5) signature of ``body``."""
         if not signature:
@@ -225,36 +209,34 @@ class Hub88Adapter(Adapter):
         except (binascii.Error, ValueError, _BadRsaSignature):
             raise e.InvalidSignature() from None
 
-    async def _handle(self, request: web.Request, op: Op) -> web.StreamResponse:
-        echo: dict[str, Any] = {}
+    def decode(self, request: web.Request, raw: bytes, echo: Echo) -> _Fields:
+        self.verify(raw, header_bytes(request, SIGNATURE_HEADER))
         try:
-            body = await self.read_body(request)
-            self.verify(body, header_bytes(request, SIGNATURE_HEADER))
-            try:
-                data = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise e.MalformedBody("body is not JSON") from None
-            if not isinstance(data, dict):
-                raise e.MalformedBody("body is not a JSON object")
-            for key in ("user", "request_uuid"):
-                if _echoable(data.get(key)):
-                    echo[key] = data[key]
-            unique_keys(body, data)
-            reply = await op(request, _Fields(data))
-        except ClientDisconnected:
-            raise
-        except e.GatewayError as exc:
-            reply = self._error(echo, self.error_code(exc), exc)
-        except _WrongTypes as exc:
-            log.debug("hub88 %s: %s", request.path, exc)
-            reply = self._error(echo, "RS_ERROR_WRONG_TYPES", None)
-        except Exception as exc:
-            err = answer_for(exc, f"hub88 {request.path}", log)
-            reply = self._error(echo, self.error_code(err), err)
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise e.MalformedBody("body is not JSON") from None
+        if not isinstance(data, dict):
+            raise e.MalformedBody("body is not a JSON object")
+        for key in ("user", "request_uuid"):
+            if _echoable(data.get(key)):
+                echo[key] = data[key]
+        unique_keys(raw, data)
+        return _Fields(data)
+
+    def render(self, reply: dict[str, Any]) -> web.Response:
         return web.Response(body=orjson.dumps(reply), content_type="application/json")
 
+    def render_error(self, exc: e.GatewayError, echo: Echo) -> web.Response:
+        return self.render(self._error(echo, self.error_code(exc), exc))
+
+    def own_answer(self, exc: Exception, echo: Echo) -> web.Response | None:
+        if not isinstance(exc, _WrongTypes):
+            return None
+        self.log.debug("hub88 %s: %s", self.config.id, exc)
+        return self.render(self._error(echo, "RS_ERROR_WRONG_TYPES", None))
+
     @staticmethod
-    def _error(echo: dict[str, Any], status: str, exc: e.GatewayError | None) -> dict[str, Any]:
+    def _error(echo: Echo, status: str, exc: e.GatewayError | None) -> dict[str, Any]:
         reply: dict[str, Any] = {"user": echo.get("user", ""), "status": status,
                                  "request_uuid": echo.get("request_uuid", "")}
         if exc is not None and exc.currency and exc.balance is not None:

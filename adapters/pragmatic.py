@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import re
 import secrets
 import time
@@ -36,16 +35,12 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from adapters import flow
-from adapters.base import Adapter, PlayerSession, ProviderConfig, WalletPort
+from adapters.base import Adapter, Echo, PlayerSession, ProviderConfig, WalletPort
 from adapters.flow import Call
 from adapters.jsonwire import Raw, dumps
 from gateway import errors as e
-from gateway.http import ClientDisconnected
 from gateway.money import exponent, format_minor, to_minor
-from gateway.unexpected import answer_for
 from ledger.commands import Command, Kind, Result, clean_text
-
-log = logging.getLogger(__name__)
 
 OK = 0
 #: error code → the description sent with it
@@ -216,7 +211,7 @@ class PragmaticAdapter(Adapter):
         }
 
     def routes(self) -> list[web.AbstractRouteDef]:
-        return [web.post("/{method}.html", self.handle)]
+        return [web.post("/{method}.html", self.dispatch)]
 
     # --- the envelope ------------------------------------------------------------------------------
     def verify(self, params: Mapping[str, str]) -> None:
@@ -239,31 +234,29 @@ class PragmaticAdapter(Adapter):
             raise e.MalformedBody("a parameter is repeated")
         return params
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
         op = self._ops.get(method)
         if op is None:
-            return self._json([("error", 7), ("description", f"unknown method {method}")], 404)
-        try:
-            body = await self.read_body(request)
-            params = self.parse_form(body)
-            self.verify(params)
-            p = _Params(params)
-            self._check_provider(p)
-            reply = await op(request, p)
-        except ClientDisconnected:
-            raise
-        except e.GatewayError as exc:
-            reply = self._error(self.error_code(exc))
-        except _Answer as answer:
-            reply = self._error(answer.code)
-        except Exception as exc:
-            reply = self._error(self.error_code(answer_for(exc, f"pragmatic {method}", log)))
-        return self._json(reply)
+            return self.render([("error", 7), ("description", f"unknown method {method}")], 404)
+        return await self.handle(request, op)
 
-    @staticmethod
-    def _json(reply: Reply, status: int = 200) -> web.Response:
+    # --- the hooks of ``Adapter.handle`` --------------------------------------------------------------
+    def decode(self, request: web.Request, raw: bytes, echo: Echo) -> _Params:
+        params = self.parse_form(raw)
+        self.verify(params)
+        p = _Params(params)
+        self._check_provider(p)
+        return p
+
+    def render(self, reply: Reply, status: int = 200) -> web.Response:
         return web.Response(body=dumps(reply), status=status, content_type="application/json")
+
+    def render_error(self, exc: e.GatewayError, echo: Echo) -> web.Response:
+        return self.render(self._error(self.error_code(exc)))
+
+    def own_answer(self, exc: Exception, echo: Echo) -> web.Response | None:
+        return self.render(self._error(exc.code)) if isinstance(exc, _Answer) else None
 
     @staticmethod
     def _error(code: int) -> Reply:
