@@ -9,14 +9,12 @@ for its configured brands.
 The ledger's ``Result`` becomes an error through ``gateway.errors.error_for`` and a protocol code through
 the adapter's one ``ERRORS`` table (plus a per-call override where a protocol answers the same ledger
 outcome differently for different calls).
-
-``Call`` is the other side: what a simulated provider sends (tests, Locust).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from adapters.base import Adapter, PlayerSession
 from gateway.errors import Forbidden, GatewayError, InvalidToken, MalformedBody, error_for
@@ -24,14 +22,6 @@ from ledger.commands import Command, InvalidCommand, Kind, Result
 
 #: how one ledger outcome is answered: the protocol code and, when it is not a plain success, the error
 Outcome = tuple[Any, GatewayError | None]
-
-
-class Call(NamedTuple):
-    """One provider request, ready to send: path (relative to the server root), headers, raw body."""
-
-    path: str
-    headers: dict[str, str]
-    body: bytes
 
 
 def check_brand(adapter: Adapter, session: PlayerSession) -> PlayerSession:

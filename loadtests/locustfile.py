@@ -36,9 +36,9 @@ import gevent
 import orjson
 from locust import FastHttpUser, between, events, task
 
-from adapters.flow import Call
-from adapters.native import NativeClient
-from adapters.pragmatic import PragmaticClient
+from adapters.sim import Call
+from adapters.sim.native import NativeClient
+from adapters.sim.pragmatic import PragmaticClient
 from gateway.money import format_minor
 from loadtests import shapes
 from loadtests.journal import Answer, Journal, Money, classify

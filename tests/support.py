@@ -12,8 +12,8 @@ import orjson
 import yarl
 
 from adapters.base import ProviderConfig
-from adapters.flow import Call
-from adapters.native import NativeClient
+from adapters.sim import Call
+from adapters.sim.native import NativeClient
 
 OPERATOR_KEY = "test-operator-key"
 ADMIN_KEY = "test-admin-key-1"

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.native import NativeClient
+from adapters.sim.native import NativeClient
 from gateway.settings import Settings
 from loadtests.check import check
 from loadtests.journal import Answer, Journal, Money, classify, read_journals

@@ -305,7 +305,7 @@ async def test_health_and_readiness(api: Api) -> None:
 
 
 async def test_launch_at_a_provider_without_token_exchange_opens_the_session(api: Api) -> None:
-    from adapters.hub88 import Hub88Client
+    from adapters.sim.hub88 import Hub88Client
     from tests.support import hub88_keys
 
     player, _ = await api.funded("10.00")

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.base import Adapter, PlayerSession, ProviderConfig
-from adapters.flow import Call
+from adapters.sim import Call
 from gateway.errors import GatewayError, InvalidToken, TokenExpired
 from gateway.sessions import pick_profile
 from ledger.commands import Command, Kind, Result, Status

@@ -25,9 +25,12 @@ from adapter_harness import FakeWallet, Provider, mount
 from real_backend import Backend, RealBackend
 
 from adapters.base import ProviderConfig
-from adapters.evolution import EvolutionAdapter, EvolutionClient
-from adapters.hub88 import Hub88Adapter, Hub88Client
-from adapters.pragmatic import PragmaticAdapter, PragmaticClient
+from adapters.evolution import EvolutionAdapter
+from adapters.hub88 import Hub88Adapter
+from adapters.pragmatic import PragmaticAdapter
+from adapters.sim.evolution import EvolutionClient
+from adapters.sim.hub88 import Hub88Client
+from adapters.sim.pragmatic import PragmaticClient
 from ledger import transport
 from tests.support import EVOLUTION_TOKEN, PRAGMATIC_SECRET, hub88_keys
 

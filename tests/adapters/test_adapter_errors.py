@@ -15,11 +15,12 @@ from real_backend import Backend
 
 from adapters.base import Adapter
 from adapters.evolution import EvolutionAdapter
-from adapters.flow import Call, code_for
+from adapters.flow import code_for
 from adapters.hub88 import Hub88Adapter
 from adapters.jsonwire import DuplicateKey, Raw, dumps, loads_exact, money, obj
 from adapters.pragmatic import DESCRIPTIONS, PragmaticAdapter
 from adapters.pragmatic import sign as pragmatic_sign
+from adapters.sim import Call
 from gateway import errors as e
 from gateway.http import unique_keys
 from ledger.commands import INT64_MAX, Result, Status

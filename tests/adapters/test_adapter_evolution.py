@@ -12,9 +12,10 @@ from docs_examples import evolution_round, matches
 from real_backend import Backend, RealBackend
 
 from adapters.base import PlayerSession, ProviderConfig
-from adapters.evolution import EvolutionAdapter, EvolutionClient
-from adapters.flow import Call
+from adapters.evolution import EvolutionAdapter
 from adapters.jsonwire import Raw, dumps, loads_exact, obj
+from adapters.sim import Call
+from adapters.sim.evolution import EvolutionClient
 from gateway.errors import LedgerTimeout, Overloaded, RateLimited
 from ledger.commands import Kind, Status
 

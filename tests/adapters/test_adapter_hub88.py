@@ -14,8 +14,9 @@ from docs_examples import hub88_round, matches
 from real_backend import Backend, RealBackend
 
 from adapters.base import PlayerSession, ProviderConfig
-from adapters.flow import Call
-from adapters.hub88 import SIGNATURE_HEADER, Hub88Adapter, Hub88Client, from_minor, to_minor
+from adapters.hub88 import SIGNATURE_HEADER, Hub88Adapter, from_minor, to_minor
+from adapters.sim import Call
+from adapters.sim.hub88 import Hub88Client
 from gateway.errors import InvalidAmount, LedgerTimeout, Overloaded, RateLimited
 from ledger.commands import Kind, Status
 

@@ -15,8 +15,9 @@ from docs_examples import matches, pragmatic_round
 from real_backend import Backend, RealBackend
 
 from adapters.base import PlayerSession, ProviderConfig
-from adapters.flow import Call
-from adapters.pragmatic import PragmaticAdapter, PragmaticClient, cash, sign
+from adapters.pragmatic import PragmaticAdapter, cash, sign
+from adapters.sim import Call
+from adapters.sim.pragmatic import PragmaticClient
 from gateway.errors import LedgerTimeout, Overloaded, RateLimited
 from ledger.commands import Kind, Status
 from tests.support import PRAGMATIC_SECRET
