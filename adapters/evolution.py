@@ -23,11 +23,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any, ClassVar, TypeGuard
 
+import orjson
 from aiohttp import web
 
 from adapters import flow
 from adapters.base import Adapter, Echo, PlayerSession, ProviderConfig, WalletPort
-from adapters.jsonwire import BadNumber, DuplicateKey, dumps, loads_exact, money
+from adapters.exact_json import BadNumber, DuplicateKey, loads_exact, money
 from gateway import errors as e
 from gateway.money import to_minor
 from ledger.commands import Command, Kind, Result, clean_text
@@ -35,7 +36,7 @@ from ledger.commands import Command, Kind, Result, clean_text
 OK = "OK"
 MAX_TEXT = 128
 
-Reply = list[tuple[str, Any]]
+Reply = dict[str, Any]
 
 
 class _NotJson(Exception):
@@ -178,7 +179,7 @@ class EvolutionAdapter(Adapter):
         return data
 
     def render(self, reply: Reply, status: int = 200) -> web.Response:
-        return web.Response(body=dumps(reply), status=status, content_type="application/json")
+        return web.Response(body=orjson.dumps(reply), status=status, content_type="application/json")
 
     def render_error(self, exc: e.GatewayError, echo: Echo) -> web.Response:
         return self.render(self._error(self.error_code(exc), exc.balance, exc.currency, echo.get("uuid", "")))
@@ -188,24 +189,23 @@ class EvolutionAdapter(Adapter):
             return self.render(self._error(exc.status, exc.result.balance, exc.result.currency,
                                            echo.get("uuid", "")))
         if isinstance(exc, _NotJson):  # not JSON at all: the one answer that is not HTTP 200
-            return self.render([("status", "INVALID_PARAMETER"), ("uuid", "")], 400)
+            return self.render({"status": "INVALID_PARAMETER", "uuid": ""}, 400)
         return None
 
     @staticmethod
     def _error(status: str, balance: int | None, currency: str | None, uuid: str) -> Reply:
-        reply: Reply = [("status", status)]
+        reply: Reply = {"status": status}
         if balance is not None and currency:
             try:
-                reply += [("balance", money(balance, currency)), ("bonus", money(0, currency))]
+                reply |= {"balance": money(balance, currency), "bonus": money(0, currency)}
             except e.UnknownCurrency:
                 pass
-        reply.append(("uuid", uuid))
+        reply["uuid"] = uuid
         return reply
 
     @staticmethod
     def _ok(balance: int, currency: str, uuid: str) -> Reply:
-        return [("status", OK), ("balance", money(balance, currency)), ("bonus", money(0, currency)),
-                ("uuid", uuid)]
+        return {"status": OK, "balance": money(balance, currency), "bonus": money(0, currency), "uuid": uuid}
 
     # --- helpers -----------------------------------------------------------------------------------
     @staticmethod
@@ -251,7 +251,7 @@ class EvolutionAdapter(Adapter):
         session = await flow.bet_session(self, sid, user)
         if self._rotate:
             session = await self.wallet.rotate_session(session)
-        return [("status", OK), ("sid", session.token), ("uuid", uuid)]
+        return {"status": OK, "sid": session.token, "uuid": uuid}
 
     async def _balance(self, request: web.Request, d: dict[str, Any]) -> Reply:
         sid, user, uuid = self._head(d)

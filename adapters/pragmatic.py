@@ -30,11 +30,11 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
+import orjson
 from aiohttp import web
 
 from adapters import flow
 from adapters.base import Adapter, Echo, PlayerSession, ProviderConfig, WalletPort
-from adapters.jsonwire import Raw, dumps
 from gateway import errors as e
 from gateway.money import exponent, format_minor, to_minor
 from ledger.commands import Command, Kind, Result, clean_text
@@ -59,7 +59,7 @@ MAX_FIELDS = 64
 _DECIMAL = re.compile(r"-?[0-9]{1,19}(\.[0-9]{1,12})?")
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
-Reply = list[tuple[str, Any]]
+Reply = dict[str, Any]
 
 
 class _Answer(Exception):
@@ -76,13 +76,13 @@ def sign(params: Mapping[str, str], secret: str) -> str:
     return hashlib.md5((text + secret).encode()).hexdigest()
 
 
-def cash(minor: int, currency: str) -> Raw:
+def cash(minor: int, currency: str) -> orjson.Fragment:
     """A JSON number with at least 2 decimals (Pragmatic's format), exact for every exponent."""
     text = format_minor(minor, currency)
     exp = exponent(currency)
     if exp < 2:
         text += ("." if exp == 0 else "") + "0" * (2 - exp)
-    return Raw(text)
+    return orjson.Fragment(text)
 
 
 class _Params:
@@ -235,7 +235,7 @@ class PragmaticAdapter(Adapter):
         method = request.match_info["method"]
         op = self._ops.get(method)
         if op is None:
-            return self.render([("error", 7), ("description", f"unknown method {method}")], 404)
+            return self.render({"error": 7, "description": f"unknown method {method}"}, 404)
         return await self.handle(request, op)
 
     # --- the hooks of ``Adapter.handle`` --------------------------------------------------------------
@@ -247,7 +247,7 @@ class PragmaticAdapter(Adapter):
         return p
 
     def render(self, reply: Reply, status: int = 200) -> web.Response:
-        return web.Response(body=dumps(reply), status=status, content_type="application/json")
+        return web.Response(body=orjson.dumps(reply), status=status, content_type="application/json")
 
     def render_error(self, exc: e.GatewayError, echo: Echo) -> web.Response:
         return self.render(self._error(self.error_code(exc)))
@@ -257,7 +257,7 @@ class PragmaticAdapter(Adapter):
 
     @staticmethod
     def _error(code: int) -> Reply:
-        return [("error", code), ("description", DESCRIPTIONS.get(code, "Error"))]
+        return {"error": code, "description": DESCRIPTIONS.get(code, "Error")}
 
     def _check_provider(self, p: _Params) -> None:
         given = p.text("providerId", 100)
@@ -274,12 +274,12 @@ class PragmaticAdapter(Adapter):
 
     @staticmethod
     def _money(result: Result) -> Reply:
-        return [("currency", result.currency), ("cash", cash(result.balance, result.currency)),
-                ("bonus", cash(0, result.currency))]
+        return {"currency": result.currency, "cash": cash(result.balance, result.currency),
+                "bonus": cash(0, result.currency)}
 
     @staticmethod
     def _done(reply: Reply) -> Reply:
-        return [*reply, ("error", OK), ("description", DESCRIPTIONS[OK])]
+        return {**reply, "error": OK, "description": DESCRIPTIONS[OK]}
 
     async def _settlement(self, p: _Params, user: str) -> PlayerSession:
         return await flow.settlement_session(self, p.opt_text("token", 200), user)
@@ -292,7 +292,7 @@ class PragmaticAdapter(Adapter):
         return await self._run(cmd, self.CREDIT_OVERRIDES)
 
     def _credited(self, result: Result, txn: Result | None = None) -> Reply:
-        return self._done([("transactionId", (txn or result).ledger_tx), *self._money(result)])
+        return self._done({"transactionId": (txn or result).ledger_tx, **self._money(result)})
 
     # --- methods -----------------------------------------------------------------------------------
     async def _authenticate(self, request: web.Request, p: _Params) -> Reply:
@@ -308,20 +308,20 @@ class PragmaticAdapter(Adapter):
             except e.InvalidToken:
                 raise first from None
         balance = await self.wallet.balance(session)
-        reply: Reply = [("userId", session.player_id), ("currency", session.currency),
-                        ("cash", cash(balance, session.currency)), ("bonus", cash(0, session.currency)),
-                        ("token", session.token)]
+        reply: Reply = {"userId": session.player_id, "currency": session.currency,
+                        "cash": cash(balance, session.currency), "bonus": cash(0, session.currency),
+                        "token": session.token}
         if session.country:
-            reply.append(("country", session.country))
+            reply["country"] = session.country
         if session.license:
-            reply.append(("jurisdiction", session.license))
+            reply["jurisdiction"] = session.license
         return self._done(reply)
 
     async def _balance(self, request: web.Request, p: _Params) -> Reply:
         session = await self._settlement(p, p.text("userId"))
         balance = await self.wallet.balance(session)
-        return self._done([("currency", session.currency), ("cash", cash(balance, session.currency)),
-                           ("bonus", cash(0, session.currency))])
+        return self._done({"currency": session.currency, "cash": cash(balance, session.currency),
+                           "bonus": cash(0, session.currency)})
 
     async def _bet(self, request: web.Request, p: _Params) -> Reply:
         user, game, round_id = p.text("userId"), p.text("gameId", 32), p.digits("roundId")
@@ -344,8 +344,8 @@ class PragmaticAdapter(Adapter):
                          free_round=bool(bonus_code), game_id=game,
                          traceparent=request.headers.get("traceparent"))
         result = await self._run(cmd)
-        return self._done([("transactionId", result.ledger_tx), *self._money(result),
-                           ("usedPromo", cash(0, result.currency))])
+        return self._done({"transactionId": result.ledger_tx, **self._money(result),
+                           "usedPromo": cash(0, result.currency)})
 
     async def _result(self, request: web.Request, p: _Params) -> Reply:
         user, game, round_id = p.text("userId"), p.text("gameId", 32), p.digits("roundId")
@@ -418,7 +418,7 @@ class PragmaticAdapter(Adapter):
                          round_id=round_id or f"refund:{ref}", game_id=game,
                          traceparent=request.headers.get("traceparent"))
         result = await self._run(cmd)
-        return self._done([("transactionId", result.ledger_tx)])
+        return self._done({"transactionId": result.ledger_tx})
 
     async def _end_round(self, request: web.Request, p: _Params) -> Reply:
         user, game, round_id = p.text("userId"), p.text("gameId", 32), p.digits("roundId")
@@ -427,7 +427,7 @@ class PragmaticAdapter(Adapter):
         cmd = flow.build(self, session, Kind.END_ROUND, tx_id=f"endRound:{round_id}", round_id=round_id,
                          round_closed=True, game_id=game, traceparent=request.headers.get("traceparent"))
         result = await self._run(cmd, self.END_ROUND_OVERRIDES)
-        return self._done([("cash", cash(result.balance, result.currency)), ("bonus", cash(0, result.currency))])
+        return self._done({"cash": cash(result.balance, result.currency), "bonus": cash(0, result.currency)})
 
     async def _adjustment(self, request: web.Request, p: _Params) -> Reply:
         user, game, round_id = p.text("userId"), p.text("gameId", 32), p.digits("roundId")

@@ -6,9 +6,10 @@ import secrets
 import urllib.parse
 from typing import Any
 
-from adapters.jsonwire import Raw, dumps, obj
+import orjson
+
+from adapters.exact_json import money
 from adapters.sim import Call
-from gateway.money import format_minor
 
 
 class EvolutionClient:
@@ -29,29 +30,26 @@ class EvolutionClient:
     def new_id() -> str:
         return secrets.token_hex(12)
 
-    def call(self, endpoint: str, fields: list[tuple[str, Any]] | bytes) -> Call:
-        body = fields if isinstance(fields, bytes) else dumps(fields)
+    def call(self, endpoint: str, fields: dict[str, Any] | bytes) -> Call:
+        body = fields if isinstance(fields, bytes) else orjson.dumps(fields)
         query = urllib.parse.urlencode({"authToken": self.auth_token})
         return Call(f"{self.base_path}/{endpoint}?{query}", {"Content-Type": "application/json"}, body)
 
     def check(self, user_id: str, sid: str, *, channel: str = "desktop") -> Call:
-        return self.call("check", [("sid", sid), ("userId", user_id), ("uuid", self.new_id()),
-                                   ("channel", {"type": channel})])
+        return self.call("check", {"sid": sid, "userId": user_id, "uuid": self.new_id(),
+                                   "channel": {"type": channel}})
 
     def balance(self, user_id: str, sid: str, *, currency: str) -> Call:
-        return self.call("balance", [("sid", sid), ("userId", user_id), ("currency", currency),
-                                     ("game", None), ("uuid", self.new_id())])
+        return self.call("balance", {"sid": sid, "userId": user_id, "currency": currency, "game": None,
+                                     "uuid": self.new_id()})
 
     def _money_call(self, endpoint: str, user_id: str, sid: str, *, currency: str, amount: int,
                     ref_id: str, round_id: str, tx_id: str | None) -> Call:
         game = {"id": round_id, "type": self.game_type,
                 "details": {"table": {"id": self.table_id, "vid": None}}}
-        tx = [("id", tx_id or self.new_id()), ("refId", ref_id),
-              ("amount", Raw(format_minor(amount, currency)))]
-        return self.call(endpoint, [
-            ("sid", sid), ("userId", user_id), ("currency", currency), ("game", game),
-            ("transaction", obj(tx)), ("uuid", self.new_id()),
-        ])
+        tx = {"id": tx_id or self.new_id(), "refId": ref_id, "amount": money(amount, currency)}
+        return self.call(endpoint, {"sid": sid, "userId": user_id, "currency": currency, "game": game,
+                                    "transaction": tx, "uuid": self.new_id()})
 
     def debit(self, user_id: str, sid: str, *, currency: str, amount: int, ref_id: str | None = None,
               round_id: str | None = None, tx_id: str | None = None) -> Call:
@@ -71,13 +69,10 @@ class EvolutionClient:
 
     def promo_payout(self, user_id: str, sid: str, *, currency: str, amount: int,
                      promo_type: str = "JackpotWin", promo_id: str | None = None) -> Call:
-        promo = [("type", promo_type), ("id", promo_id or self.new_id()),
-                 ("amount", Raw(format_minor(amount, currency))), ("voucherId", None),
-                 ("remainingRounds", 0)]
-        return self.call("promo_payout", [
-            ("sid", sid), ("userId", user_id), ("currency", currency), ("game", None),
-            ("promoTransaction", obj(promo)), ("uuid", self.new_id()),
-        ])
+        promo = {"type": promo_type, "id": promo_id or self.new_id(), "amount": money(amount, currency),
+                 "voucherId": None, "remainingRounds": 0}
+        return self.call("promo_payout", {"sid": sid, "userId": user_id, "currency": currency, "game": None,
+                                          "promoTransaction": promo, "uuid": self.new_id()})
 
     def round(self, user_id: str, sid: str, *, currency: str, bet: int, win: int,
               round_id: str | None = None) -> list[Call]:

@@ -15,9 +15,9 @@ from real_backend import Backend
 
 from adapters.base import Adapter
 from adapters.evolution import EvolutionAdapter
+from adapters.exact_json import DuplicateKey, loads_exact, money
 from adapters.flow import code_for
 from adapters.hub88 import Hub88Adapter
-from adapters.jsonwire import DuplicateKey, Raw, dumps, loads_exact, money, obj
 from adapters.pragmatic import DESCRIPTIONS, PragmaticAdapter
 from adapters.pragmatic import sign as pragmatic_sign
 from adapters.sim import Call
@@ -97,8 +97,8 @@ def test_overrides_name_exact_classes() -> None:
     assert code_for(adapter, e.InsufficientFunds(), {e.Refused: "X"}) == "INSUFFICIENT_FUNDS"
 
 
-def test_jsonwire_round_trip() -> None:
-    body = dumps([("a", money(10011, "EUR")), ("b", obj([("c", Raw("0.10")), ("d", None)])), ("e", "x\"y")])
+def test_exact_json_round_trip() -> None:
+    body = orjson.dumps({"a": money(10011, "EUR"), "b": {"c": orjson.Fragment("0.10"), "d": None}, "e": "x\"y"})
     assert body == b'{"a":100.11,"b":{"c":0.10,"d":null},"e":"x\\"y"}'
     assert loads_exact(body) == {"a": Decimal("100.11"), "b": {"c": Decimal("0.10"), "d": None}, "e": 'x"y'}
     assert str(loads_exact(b'{"a": 0.30000000000000004}')["a"]) == "0.30000000000000004"

@@ -13,7 +13,7 @@ from real_backend import Backend, RealBackend
 
 from adapters.base import PlayerSession, ProviderConfig
 from adapters.evolution import EvolutionAdapter
-from adapters.jsonwire import Raw, dumps, loads_exact, obj
+from adapters.exact_json import loads_exact
 from adapters.sim import Call
 from adapters.sim.evolution import EvolutionClient
 from gateway.errors import LedgerTimeout, Overloaded, RateLimited
@@ -35,16 +35,16 @@ def fields(call: Call) -> dict[str, Any]:
 
 
 def exact(value: Any) -> Any:
-    """Nested values ready for ``dumps``: objects as ``obj`` and decimals as their exact text."""
+    """Nested values ready for ``orjson.dumps``: decimals as their exact text."""
     if isinstance(value, dict):
-        return obj((k, exact(v)) for k, v in value.items())
+        return {k: exact(v) for k, v in value.items()}
     if isinstance(value, Decimal):
-        return Raw(str(value))
+        return orjson.Fragment(str(value))
     return value
 
 
 def with_body(call: Call, data: dict[str, Any]) -> Call:
-    return Call(call.path, call.headers, dumps((k, exact(v)) for k, v in data.items()))
+    return Call(call.path, call.headers, orjson.dumps(exact(data)))
 
 
 @pytest.fixture
