@@ -64,7 +64,8 @@ class PlayerSession:
 
 
 class WalletPort(Protocol):
-    """What the gateway offers an adapter; implemented by ``gateway.wallet.Wallet``."""
+    """What the gateway offers an adapter; implemented by ``gateway.wallet.Wallet`` (through its
+    ``LazyWallet``, as adapters are built before start-up)."""
 
     async def open_session(self, provider_id: str, launch_token: str) -> PlayerSession:
         """Exchange a one-time launch token for a provider session (raises InvalidToken/TokenExpired)."""
@@ -85,7 +86,7 @@ class WalletPort(Protocol):
 
     def command(self, session: PlayerSession, kind: Kind, *, tx_id: str, round_id: str, amount: int = 0,
                 traceparent: str | None = None, **extra: Any) -> Command:
-        """A complete, validated command for this player."""
+        """A complete, validated command for this player; ``BadInput`` when it is not valid."""
 
     async def execute(self, command: Command) -> Result:
         """Run one command through limits, degradation, back-pressure and the ledger.

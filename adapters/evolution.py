@@ -133,9 +133,9 @@ class EvolutionAdapter(Adapter):
         e.RoundClosed: "FINAL_ERROR_ACTION_FAILED",
         e.RollbackOfUnknown: "BET_DOES_NOT_EXIST",
         e.AlreadyRolledBack: "BET_ALREADY_SETTLED",
+        e.IdempotencyConflict: "BET_ALREADY_EXIST",
         # a retried credit, cancel or promo payout; a retried debit is BET_ALREADY_EXIST (override)
         e.Duplicate: "BET_ALREADY_SETTLED",
-        e.IdempotencyConflict: "BET_ALREADY_EXIST",
     }
     DEBIT_OVERRIDES: ClassVar[dict[type[e.GatewayError], str]] = {e.Duplicate: "BET_ALREADY_EXIST"}
     #: a credit of a cancelled bet: the bet was settled by its cancel

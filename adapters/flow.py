@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from adapters.base import Adapter, PlayerSession
-from gateway.errors import Forbidden, GatewayError, InvalidToken, MalformedBody, error_for
-from ledger.commands import Command, InvalidCommand, Kind, Result
+from gateway.errors import Forbidden, GatewayError, InvalidToken, error_for
+from ledger.commands import Command, Kind, Result
 
 #: how one ledger outcome is answered: the protocol code and, when it is not a plain success, the error
 Outcome = tuple[Any, GatewayError | None]
@@ -57,12 +57,10 @@ async def settlement_session(adapter: Adapter, token: str | None, player_id: str
 
 def build(adapter: Adapter, session: PlayerSession, kind: Kind, *, tx_id: str, round_id: str,
           amount: int = 0, traceparent: str | None = None, **extra: Any) -> Command:
-    """``wallet.command`` with an invalid command turned into the protocol's validation error."""
-    try:
-        return adapter.wallet.command(session, kind, tx_id=tx_id, round_id=round_id, amount=amount,
-                                      traceparent=traceparent, **extra)
-    except InvalidCommand as exc:
-        raise MalformedBody(str(exc)) from None
+    """``wallet.command`` (an invalid command is the wallet's ``BadInput``, answered as the protocol's
+    validation error through ``ERRORS``)."""
+    return adapter.wallet.command(session, kind, tx_id=tx_id, round_id=round_id, amount=amount,
+                                  traceparent=traceparent, **extra)
 
 
 def outcome(adapter: Adapter, result: Result, ok: Any,

@@ -178,9 +178,10 @@ class Hub88Adapter(Adapter):
         e.RoundClosed: "RS_ERROR_UNKNOWN",
         e.RollbackOfUnknown: OK,
         e.AlreadyRolledBack: OK,
-        # duplicates: a retry answers RS_OK with the current balance; other details are a conflict
-        e.Duplicate: OK,
+        # a transaction id reused with other details
         e.IdempotencyConflict: "RS_ERROR_DUPLICATE_TRANSACTION",
+        # duplicates: a retry answers RS_OK with the current balance
+        e.Duplicate: OK,
     }
 
     def __init__(self, config: ProviderConfig, wallet: WalletPort) -> None:

@@ -182,8 +182,8 @@ class PragmaticAdapter(Adapter):
         e.RoundClosed: 3,
         e.RollbackOfUnknown: OK,
         e.AlreadyRolledBack: OK,
-        e.Duplicate: OK,
         e.IdempotencyConflict: 7,
+        e.Duplicate: OK,
     }
     #: a result, bonus, jackpot, promo or positive adjustment whose round's bet was refunded is "bad"
     CREDIT_OVERRIDES: ClassVar[dict[type[e.GatewayError], int]] = {e.TransactionRolledBack: 7}

@@ -72,7 +72,7 @@ def _player(body: dict[str, Any], provider_id: str = OPERATOR_PROVIDER, *,
 def _raise_unless_applied(result: Result) -> None:
     """A retry (same key, same request) answers like the original; anything else not applied is an error."""
     err = E.error_for(result)
-    if err is not None and (not isinstance(err, E.Duplicate) or isinstance(err, E.IdempotencyConflict)):
+    if err is not None and not isinstance(err, E.Duplicate):
         raise err
 
 

@@ -50,6 +50,28 @@ def valid_traceparent(value: str | None) -> str:
     return new_traceparent()
 
 
+def new_command(session: PlayerSession, kind: Kind, *, tx_id: str, round_id: str, amount: int = 0,
+                traceparent: str | None = None, **extra: Any) -> Command:
+    """A complete, validated command for ``session``'s player.
+
+    The one place an ``InvalidCommand`` becomes the caller's ``BadInput``, for every wallet (this one and
+    the adapter tests' in-memory one), so a protocol answers an invalid command alike whichever it runs on.
+    """
+    cmd = Command(
+        cmd_id=uuid.uuid4().hex, kind=kind, tenant_id=session.tenant_id, brand_id=session.brand_id,
+        license=session.license, player_id=session.player_id, currency=session.currency,
+        provider_id=session.provider_id, tx_id=tx_id, round_id=round_id,
+        traceparent=valid_traceparent(traceparent), amount=amount,
+        session_started_ms=session.started_ms if kind is Kind.BET else 0,
+        game_id=extra.pop("game_id", "") or "", **extra,
+    )
+    try:
+        cmd.validate()
+    except InvalidCommand as exc:
+        raise BadInput(str(exc)) from None
+    return cmd
+
+
 class Wallet:
     def __init__(self, sessions: SessionStore, ledger: LedgerClient, pools: dict[int, asyncpg.Pool],
                  guards: Guards, degradation: Degradation, quota: RedisQuota | None = None, *,
@@ -92,18 +114,8 @@ class Wallet:
 
     def command(self, session: PlayerSession, kind: Kind, *, tx_id: str, round_id: str, amount: int = 0,
                 traceparent: str | None = None, **extra: Any) -> Command:
-        cmd = Command(
-            cmd_id=uuid.uuid4().hex, kind=kind, tenant_id=session.tenant_id, brand_id=session.brand_id,
-            license=session.license, player_id=session.player_id, currency=session.currency,
-            provider_id=session.provider_id, tx_id=tx_id, round_id=round_id,
-            traceparent=valid_traceparent(traceparent), amount=amount,
-            session_started_ms=session.started_ms if kind is Kind.BET else 0,
-            game_id=extra.pop("game_id", "") or "", **extra,
-        )
-        try:
-            cmd.validate()
-        except InvalidCommand as exc:
-            raise BadInput(str(exc)) from None
+        cmd = new_command(session, kind, tx_id=tx_id, round_id=round_id, amount=amount,
+                          traceparent=traceparent, **extra)
         ceiling = self.max_amounts.get(cmd.currency, 0)
         if amount > ceiling:
             raise InvalidAmount(f"amount above the maximum of one transaction "
@@ -125,3 +137,43 @@ class Wallet:
 
     def now_ms(self) -> int:
         return int(time.time() * 1000)
+
+
+class LazyWallet:
+    """The ``WalletPort`` adapters are built with: providers are mounted before start-up creates the
+    ``Wallet``, which ``bind`` then hands over. A call before that is a defect and fails loudly."""
+
+    def __init__(self) -> None:
+        self._wallet: Wallet | None = None
+
+    def bind(self, wallet: Wallet) -> None:
+        self._wallet = wallet
+
+    @property
+    def wallet(self) -> Wallet:
+        if self._wallet is None:
+            raise RuntimeError("the wallet is used before the gateway has started")
+        return self._wallet
+
+    async def open_session(self, provider_id: str, launch_token: str) -> PlayerSession:
+        return await self.wallet.open_session(provider_id, launch_token)
+
+    async def session(self, provider_id: str, token: str, *, allow_expired: bool = False) -> PlayerSession:
+        return await self.wallet.session(provider_id, token, allow_expired=allow_expired)
+
+    async def rotate_session(self, session: PlayerSession) -> PlayerSession:
+        return await self.wallet.rotate_session(session)
+
+    async def profile(self, provider_id: str, player_id: str, brands: Sequence[str] = ()) -> PlayerSession:
+        return await self.wallet.profile(provider_id, player_id, brands)
+
+    async def balance(self, session: PlayerSession) -> int:
+        return await self.wallet.balance(session)
+
+    def command(self, session: PlayerSession, kind: Kind, *, tx_id: str, round_id: str, amount: int = 0,
+                traceparent: str | None = None, **extra: Any) -> Command:
+        return self.wallet.command(session, kind, tx_id=tx_id, round_id=round_id, amount=amount,
+                                   traceparent=traceparent, **extra)
+
+    async def execute(self, command: Command) -> Result:
+        return await self.wallet.execute(command)

@@ -15,7 +15,6 @@ import contextlib
 import ipaddress
 import json
 import secrets
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -31,6 +30,7 @@ from adapters.base import Adapter, PlayerSession, ProviderConfig
 from adapters.sim import Call
 from gateway.errors import GatewayError, InvalidToken, TokenExpired
 from gateway.sessions import pick_profile
+from gateway.wallet import new_command
 from ledger.commands import Command, Kind, Result, Status
 
 BRAND = "brand-a"
@@ -150,15 +150,8 @@ class FakeWallet:
 
     def command(self, session: PlayerSession, kind: Kind, *, tx_id: str, round_id: str, amount: int = 0,
                 traceparent: str | None = None, **extra: Any) -> Command:
-        cmd = Command(
-            cmd_id=uuid.uuid4().hex, kind=kind, tenant_id=session.tenant_id, brand_id=session.brand_id,
-            license=session.license, player_id=session.player_id, currency=session.currency,
-            provider_id=session.provider_id, tx_id=tx_id, round_id=round_id,
-            traceparent=traceparent or f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01",
-            amount=amount, session_started_ms=session.started_ms if kind is Kind.BET else 0, **extra,
-        )
-        cmd.validate()
-        return cmd
+        return new_command(session, kind, tx_id=tx_id, round_id=round_id, amount=amount,
+                           traceparent=traceparent, **extra)
 
     async def execute(self, command: Command) -> Result:
         self.executed.append(command)
