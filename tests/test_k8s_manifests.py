@@ -228,7 +228,7 @@ def secret_template() -> dict[str, dict[str, str]]:
 def writer_shards(workload: dict[str, Any]) -> str:
     args = workload["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[0] == "ledger" and "--shards" in args, f"{_rid(workload)}: args {args}"
-    return args[args.index("--shards") + 1]
+    return str(args[args.index("--shards") + 1])
 
 
 def writers(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:

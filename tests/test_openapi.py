@@ -30,12 +30,15 @@ PROVIDER_PREFIX = "/v1/providers/{provider_id}"
 
 @pytest.fixture(scope="module")
 def doc() -> dict[str, Any]:
-    return json.loads(DOC_PATH.read_text(encoding="utf-8"))
+    doc: dict[str, Any] = json.loads(DOC_PATH.read_text(encoding="utf-8"))
+    return doc
 
 
 @pytest.fixture(scope="module")
-def registry(doc: dict[str, Any]) -> Registry:
-    return Registry().with_resource(BASE, Resource.from_contents(doc, default_specification=DRAFT202012))
+def registry(doc: dict[str, Any]) -> Registry[Any]:
+    registry: Registry[Any] = Registry().with_resource(
+        BASE, Resource.from_contents(doc, default_specification=DRAFT202012))
+    return registry
 
 
 def _validator(registry: Registry, pointer: str) -> Draft202012Validator:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +167,10 @@ async def settle(api: Api, token: str, tag: str, within_s: float = 30) -> dict[s
     a non-retryable error (e.g. ``invalid_token``) fails at once."""
     deadline = time.monotonic() + within_s
     body: dict[str, Any] = {}
-    for call in (lambda: api.bet(token, f"bet-{tag}", f"r-{tag}", "1.00"),
-                 lambda: api.win(token, f"win-{tag}", f"r-{tag}", "2.00", bet_transaction_id=f"bet-{tag}")):
+    calls: tuple[Callable[[], Awaitable[tuple[int, dict[str, Any]]]], ...] = (
+        lambda: api.bet(token, f"bet-{tag}", f"r-{tag}", "1.00"),
+        lambda: api.win(token, f"win-{tag}", f"r-{tag}", "2.00", bet_transaction_id=f"bet-{tag}"))
+    for call in calls:
         while True:
             try:
                 status, body = await call()

@@ -12,6 +12,7 @@ ledger, every outcome is final under its idempotency key, refusals included: a r
 from __future__ import annotations
 
 import contextlib
+import io
 import ipaddress
 import json
 import secrets
@@ -299,7 +300,9 @@ class Provider:
     url: str = ""
 
     async def send(self, call: Call) -> Reply:
-        async with self.http.post(self.url + call.path, headers=call.headers, data=call.body) as resp:
+        # aiohttp warns about raw bytes over 1 MiB (they are written in one go); a file object is streamed
+        data = io.BytesIO(call.body) if len(call.body) > 1024 * 1024 else call.body
+        async with self.http.post(self.url + call.path, headers=call.headers, data=data) as resp:
             return Reply(resp.status, await resp.read())
 
     async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> Reply:

@@ -21,8 +21,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from adapter_harness import FakeWallet, Provider, mount
-from real_backend import Backend, RealBackend
 
 from adapters.base import ProviderConfig
 from adapters.evolution import EvolutionAdapter
@@ -32,6 +30,8 @@ from adapters.sim.evolution import EvolutionClient
 from adapters.sim.hub88 import Hub88Client
 from adapters.sim.pragmatic import PragmaticClient
 from ledger import transport
+from tests.adapters.adapter_harness import FakeWallet, Provider, mount
+from tests.adapters.real_backend import Backend, RealBackend
 from tests.support import EVOLUTION_TOKEN, PRAGMATIC_SECRET, hub88_keys
 
 BACKENDS = ["fake", "real"]

@@ -10,8 +10,6 @@ from typing import Any, cast
 
 import orjson
 import pytest
-from adapter_harness import FakeWallet, Provider
-from real_backend import Backend
 
 from adapters.base import Adapter, PlayerSession
 from adapters.evolution import EvolutionAdapter
@@ -26,6 +24,8 @@ from gateway import errors as e
 from gateway.http import unique_keys
 from gateway.wallet import Wallet
 from ledger.commands import INT64_MAX, Kind, Result, Status
+from tests.adapters.adapter_harness import FakeWallet, Provider
+from tests.adapters.real_backend import Backend
 from tests.support import PRAGMATIC_SECRET
 
 ADAPTERS: list[type[Adapter]] = [Hub88Adapter, PragmaticAdapter, EvolutionAdapter]

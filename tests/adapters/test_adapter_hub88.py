@@ -7,11 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
-from adapter_harness import FakeWallet, Provider, networks, round_property
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from docs_examples import hub88_round, matches
-from real_backend import Backend, RealBackend
 
 from adapters.base import PlayerSession, ProviderConfig
 from adapters.hub88 import SIGNATURE_HEADER, Hub88Adapter, from_minor, to_minor
@@ -19,6 +16,9 @@ from adapters.sim import Call
 from adapters.sim.hub88 import Hub88Client
 from gateway.errors import InvalidAmount, LedgerTimeout, Overloaded, RateLimited
 from ledger.commands import Kind, Status
+from tests.adapters.adapter_harness import FakeWallet, Provider, networks, round_property
+from tests.adapters.docs_examples import hub88_round, matches
+from tests.adapters.real_backend import Backend, RealBackend
 
 
 async def ask(p: Provider, call: Call) -> dict[str, Any]:

@@ -10,9 +10,6 @@ from typing import Any
 
 import orjson
 import pytest
-from adapter_harness import FakeWallet, Provider, networks, round_property
-from docs_examples import matches, pragmatic_round
-from real_backend import Backend, RealBackend
 
 from adapters.base import PlayerSession, ProviderConfig
 from adapters.pragmatic import PragmaticAdapter, cash, sign
@@ -20,6 +17,9 @@ from adapters.sim import Call
 from adapters.sim.pragmatic import PragmaticClient
 from gateway.errors import LedgerTimeout, Overloaded, RateLimited
 from ledger.commands import Kind, Status
+from tests.adapters.adapter_harness import FakeWallet, Provider, networks, round_property
+from tests.adapters.docs_examples import matches, pragmatic_round
+from tests.adapters.real_backend import Backend, RealBackend
 from tests.support import PRAGMATIC_SECRET
 
 SECRET = "testKey"
