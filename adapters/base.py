@@ -12,55 +12,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from aiohttp import web
 
-from gateway.errors import Forbidden, GatewayError
-from gateway.http import ClientDisconnected, read_body
-from gateway.unexpected import answer_for
-from ledger.commands import Command, Kind, Result
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderConfig:
-    """One configured provider instance, mounted at ``/v1/providers/<id>/``."""
-
-    id: str
-    protocol: str
-    enabled: bool = True
-    #: HMAC secret (native), secret key (Pragmatic) or authToken (Evolution)
-    secret: str = ""
-    #: the provider's RSA public key, PEM (Hub88): we verify its signatures with it
-    public_key_pem: str = ""
-    #: our RSA private key, PEM (Hub88): only needed to sign what we send to the provider
-    private_key_pem: str = ""
-    #: brands this provider may act for; empty = any brand of a session it holds
-    brands: tuple[str, ...] = ()
-    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    health_url: str = ""
-    rate_per_s: int = 0
-    burst: int = 0
-    #: protocol-specific extras (e.g. Pragmatic providerId, Hub88 operator id)
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class PlayerSession:
-    """A player's session at one provider, as the gateway holds it (Redis is the truth)."""
-
-    token: str
-    provider_id: str
-    tenant_id: str
-    brand_id: str
-    license: str
-    player_id: str
-    currency: str
-    country: str = ""
-    game_id: str = ""
-    started_ms: int = 0
-    expires_ms: int = 0
+from core.commands import Command, Kind, Result
+from core.errors import Forbidden, GatewayError
+from core.http import ClientDisconnected, read_body
+from core.records import PlayerSession, ProviderConfig
+from core.unexpected import answer_for
 
 
 class WalletPort(Protocol):
@@ -110,7 +70,7 @@ class Adapter:
     ``handle`` is the one request path of every protocol: read the body (source network, size, deadline),
     ``decode`` it (authenticate first, then parse), run the call, ``render`` its reply; a ``GatewayError``
     is answered by ``render_error``, a protocol's own internal exceptions by ``own_answer``, anything else
-    by ``gateway.unexpected.answer_for`` (retryable for an outage, internal error for a defect). A client
+    by ``core.unexpected.answer_for`` (retryable for an outage, internal error for a defect). A client
     gone mid-body is let through: there is nobody to answer.
     """
 

@@ -27,11 +27,12 @@ import orjson
 from aiohttp import web
 
 from adapters import flow
-from adapters.base import Adapter, Echo, PlayerSession, ProviderConfig, WalletPort
+from adapters.base import Adapter, Echo, WalletPort
 from adapters.exact_json import BadNumber, DuplicateKey, loads_exact, money
-from gateway import errors as e
-from gateway.money import to_minor
-from ledger.commands import Command, Kind, Result, clean_text
+from core import errors as e
+from core.commands import Command, Kind, Result, clean_text
+from core.money import to_minor
+from core.records import PlayerSession, ProviderConfig
 
 OK = "OK"
 MAX_TEXT = 128

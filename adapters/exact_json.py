@@ -2,7 +2,7 @@
 
 Pragmatic and Evolution put money in JSON *numbers* (``"cash": 99899.99``). A float cannot hold most
 decimal fractions, so money never passes through one. Outgoing numbers are ``orjson.Fragment``s of the
-fixed-point text ``gateway.money.format_minor`` makes from integer minor units (``money``), embedded
+fixed-point text ``core.money.format_minor`` makes from integer minor units (``money``), embedded
 verbatim by ``orjson.dumps``. ``orjson`` cannot parse a number into ``Decimal``, so incoming bodies go through
 ``loads_exact``: a number keeps its exact text as a ``Decimal`` when it is plain positional notation
 (``10.11``) and becomes a ``BadNumber`` otherwise (``1e1``, ``0.1e2``, ``1e999999``, more than 40
@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from gateway.money import MAX_TEXT, format_minor, plain_decimal
+from core.money import MAX_TEXT, format_minor, plain_decimal
 
 
 def money(minor: int, currency: str) -> orjson.Fragment:
@@ -68,7 +68,7 @@ def loads_exact(body: bytes | str) -> Any:
     left to the fields, which refuse it). Raises ``DuplicateKey`` for a key named twice in one object
     and ``ValueError`` for anything else that is not strict JSON (``json.JSONDecodeError`` is one).
     This parse is the standard library's anyway, so duplicates are caught in its pairs hook (about 1-2 µs
-    on an Evolution call, what the colon count of ``gateway.http.unique_keys`` costs on a nested body,
+    on an Evolution call, what the colon count of ``core.http.unique_keys`` costs on a nested body,
     with no second parse when a value holds a colon).
     """
     try:

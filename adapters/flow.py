@@ -6,7 +6,7 @@ a session expired or was evicted, so it falls back to the player's profile (unde
 can only mean: the provider's one brand or the player's one brand there, never a guess among several);
 a token that names another player is refused rather than silently re-targeted; a provider may only act
 for its configured brands.
-The ledger's ``Result`` becomes an error through ``gateway.errors.error_for`` and a protocol code through
+The ledger's ``Result`` becomes an error through ``core.errors.error_for`` and a protocol code through
 the adapter's one ``ERRORS`` table (plus a per-call override where a protocol answers the same ledger
 outcome differently for different calls).
 """
@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from adapters.base import Adapter, PlayerSession
-from gateway.errors import Forbidden, GatewayError, InvalidToken, error_for
-from ledger.commands import Command, Kind, Result
+from adapters.base import Adapter
+from core.commands import Command, Kind, Result
+from core.errors import Forbidden, GatewayError, InvalidToken, error_for
+from core.records import PlayerSession
 
 #: how one ledger outcome is answered: the protocol code and, when it is not a plain success, the error
 Outcome = tuple[Any, GatewayError | None]

@@ -24,11 +24,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from adapters import flow
-from adapters.base import Adapter, Echo, PlayerSession, ProviderConfig, WalletPort
-from gateway import errors as e
-from gateway.http import header_bytes, unique_keys
-from gateway.money import exponent
-from ledger.commands import Command, Kind, clean_text
+from adapters.base import Adapter, Echo, WalletPort
+from core import errors as e
+from core.commands import Command, Kind, clean_text
+from core.http import header_bytes, unique_keys
+from core.money import exponent
+from core.records import PlayerSession, ProviderConfig
 
 SIGNATURE_HEADER = "X-Hub88-Signature"
 #: Hub88 money is the value times this, for every currency

@@ -18,11 +18,12 @@ import orjson
 from aiohttp import web
 
 from adapters import flow
-from adapters.base import Adapter, Echo, PlayerSession
-from gateway import errors as E
-from gateway.http import field, header_bytes, unique_keys
-from gateway.money import exponent, format_minor, to_minor
-from ledger.commands import Kind, Result
+from adapters.base import Adapter, Echo
+from core import errors as E
+from core.commands import Kind, Result
+from core.http import field, header_bytes, unique_keys
+from core.money import exponent, format_minor, to_minor
+from core.records import PlayerSession
 
 SIGNATURE_HEADER = "X-Signature"
 OK = "OK"

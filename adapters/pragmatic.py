@@ -34,10 +34,11 @@ import orjson
 from aiohttp import web
 
 from adapters import flow
-from adapters.base import Adapter, Echo, PlayerSession, ProviderConfig, WalletPort
-from gateway import errors as e
-from gateway.money import exponent, format_minor, to_minor
-from ledger.commands import Command, Kind, Result, clean_text
+from adapters.base import Adapter, Echo, WalletPort
+from core import errors as e
+from core.commands import Command, Kind, Result, clean_text
+from core.money import exponent, format_minor, to_minor
+from core.records import PlayerSession, ProviderConfig
 
 OK = 0
 #: error code → the description sent with it

@@ -19,12 +19,14 @@ from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from adapters.base import ProviderConfig
-from gateway import errors as E
+from core import errors as E
+from core.http import ClientDisconnected, Handler, error_response, json_response
+from core.records import ProviderConfig
+from core.settings import SETTINGS_KEY, Settings
+from core.unexpected import answer_for
 from gateway.degradation import Degradation
 from gateway.guards import Guards
 from gateway.health import healthz, readyz
-from gateway.http import ClientDisconnected, Handler, error_response, json_response
 from gateway.ledger_client import LedgerClient
 from gateway.metrics import metrics_handler, metrics_middleware
 from gateway.monitor import Monitor
@@ -32,9 +34,7 @@ from gateway.operator_api import routes as operator_routes
 from gateway.providers import adapter_class
 from gateway.quota import RedisQuota
 from gateway.sessions import SessionStore
-from gateway.settings import SETTINGS_KEY, Settings
 from gateway.state import STATE_KEY, GatewayState
-from gateway.unexpected import answer_for
 from gateway.wallet import LazyWallet, Wallet
 from ledger import transport
 from ledger.sharding import pools_for

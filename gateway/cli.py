@@ -16,8 +16,8 @@ import subprocess
 import sys
 import time
 
+from core.settings import Settings, SettingsError
 from gateway.processes import StopRequested, stop_children
-from gateway.settings import Settings, SettingsError
 
 
 def _settings() -> Settings:

@@ -13,8 +13,8 @@ from collections import defaultdict
 
 from aiohttp import web
 
+from core.http import REJECTED, TIMEOUTS, ClientDisconnected, Handler
 from gateway.degradation import MODES
-from gateway.http import REJECTED, TIMEOUTS, ClientDisconnected, Handler
 from gateway.state import STATE_KEY
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)

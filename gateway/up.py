@@ -20,9 +20,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from adapters.base import ProviderConfig
+from core.records import ProviderConfig
+from core.settings import Settings
 from gateway.processes import StopRequested
-from gateway.settings import Settings
 from gateway.supervisor import Backoff, Child, Server, Supervisor, supervise
 from gateway.walkthrough import DEMO_PROVIDER, walkthrough
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters.base import ProviderConfig
-from gateway.settings import Settings
+from core.records import ProviderConfig
+from core.settings import Settings
 
 DEMO_PROVIDER = "demo"
 _PLAYER = '"tenant_id":"t1","brand_id":"b1","license":"MGA","player_id":"alice","currency":"EUR"'

@@ -20,15 +20,15 @@ from typing import Any
 
 import asyncpg
 
-from adapters.base import PlayerSession
+from core.commands import Command, InvalidCommand, Kind, Result
+from core.errors import BadInput, InvalidAmount, Retryable
+from core.money import format_minor
+from core.records import PlayerSession
 from gateway.degradation import Degradation
-from gateway.errors import BadInput, InvalidAmount, Retryable
 from gateway.guards import Guards
 from gateway.ledger_client import LedgerClient
-from gateway.money import format_minor
 from gateway.quota import RedisQuota
 from gateway.sessions import SessionStore
-from ledger.commands import Command, InvalidCommand, Kind, Result
 
 _BALANCE_SQL = """SELECT b.balance FROM accounts a JOIN balances b USING (account_id)
                    WHERE a.kind = 'player' AND a.brand_id = $1 AND a.player_id = $2 AND a.currency = $3"""

@@ -37,10 +37,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from gateway.settings import Settings
+from core.commands import Command, InvalidCommand, Result, Status
+from core.settings import Settings
 from ledger import chain, store, transport
 from ledger.backoff import Backoff
-from ledger.commands import Command, InvalidCommand, Result, Status
 from ledger.outbox import OutboxRelay
 from ledger.puller import Puller
 from ledger.rules import Engine, utc_day

@@ -39,7 +39,7 @@ from locust import FastHttpUser, between, events, task
 from adapters.sim import Call
 from adapters.sim.native import NativeClient
 from adapters.sim.pragmatic import PragmaticClient
-from gateway.money import format_minor
+from core.money import format_minor
 from loadtests import shapes
 from loadtests.journal import Answer, Journal, Money, classify
 

@@ -16,8 +16,8 @@ import orjson
 import pytest
 
 from adapters.native import SIGNATURE_HEADER, sign
+from core.settings import Settings
 from gateway import embedded
-from gateway.settings import Settings
 from tests.support import (
     DEMO_SECRET,
     EVOLUTION_TOKEN,

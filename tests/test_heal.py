@@ -19,12 +19,12 @@ import asyncpg
 import nats
 import pytest
 
+from core.commands import Command, Kind, Result, Status
+from core.errors import Retryable
+from core.settings import Settings
 from gateway import embedded
-from gateway.errors import Retryable
 from gateway.ledger_client import LedgerClient
-from gateway.settings import Settings
 from ledger import transport
-from ledger.commands import Command, Kind, Result, Status
 from ledger.migrate import migrate_all
 from ledger.puller import Puller
 from ledger.sharding import connect

@@ -8,7 +8,7 @@ other field fails the build instead of being half-rendered. When ``kubectl`` is 
 Custom resources are validated against the upstream CRDs kept in ``tests/k8s-crds`` (see its
 README); core resources are checked for what protects money and uptime: one active ledger writer per
 shard, probes and resources on every container, a drain that fits the grace period, settings that
-``gateway.settings.Settings`` accepts, JetStream streams identical to what the processes create.
+``core.settings.Settings`` accepts, JetStream streams identical to what the processes create.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import pytest
 yaml = pytest.importorskip("yaml")
 jsonschema = pytest.importorskip("jsonschema")
 
-from gateway.settings import Settings, SettingsError  # noqa: E402
+from core.settings import Settings, SettingsError  # noqa: E402
 from ledger.sharding import parse_shard_range  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from adapters.sim.native import NativeClient
-from gateway.settings import Settings
+from core.settings import Settings
 from loadtests.check import check
 from loadtests.journal import Answer, Journal, Money, classify, read_journals
 from loadtests.plan import burst_plan

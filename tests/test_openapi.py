@@ -212,9 +212,9 @@ def test_money_rules_are_described(doc: dict[str, Any]) -> None:
 
 
 def _registered_routes() -> set[tuple[str, str]]:
-    from adapters.base import ProviderConfig
+    from core.records import ProviderConfig
+    from core.settings import Settings
     from gateway.app import create_app, mount_providers
-    from gateway.settings import Settings
 
     app = create_app(Settings(), [])
     mount_providers(app, [ProviderConfig(id="demo", protocol="native", secret="x" * 16)])
@@ -262,7 +262,7 @@ def _codes_of(doc: dict[str, Any], response: dict[str, Any]) -> set[str]:
 
 def test_error_codes_follow_errors_module(doc: dict[str, Any]) -> None:
     from adapters.native import OK, NativeAdapter
-    from gateway import errors as E
+    from core import errors as E
 
     schemas, responses = doc["components"]["schemas"], doc["components"]["responses"]
     answered_ok = {cls.code for cls, code in NativeAdapter.ERRORS.items() if code == OK}
@@ -284,7 +284,7 @@ def test_error_codes_follow_errors_module(doc: dict[str, Any]) -> None:
 
 
 def test_currencies_match_money_module(doc: dict[str, Any], registry: Registry) -> None:
-    from gateway.money import CURRENCY_EXPONENTS
+    from core.money import CURRENCY_EXPONENTS
 
     currency = _schema_validator(registry, "Currency")
     description = doc["info"]["description"]
@@ -295,7 +295,7 @@ def test_currencies_match_money_module(doc: dict[str, Any], registry: Registry) 
 
 @pytest.mark.parametrize("value", ["0", "1", "1.5", "1.50", "000.10", "92233720368547758.07"])
 def test_documented_amounts_are_accepted_exactly(registry: Registry, value: str) -> None:
-    from gateway.money import to_decimal, to_minor
+    from core.money import to_decimal, to_minor
 
     assert _schema_validator(registry, "Amount").is_valid(value)
     assert to_decimal(to_minor(value, "EUR"), "EUR") == Decimal(value)

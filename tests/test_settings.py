@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import _DERIVED, Settings, SettingsError
+from core.settings import _DERIVED, Settings, SettingsError
 
 
 def test_defaults_and_env_parsing() -> None:

@@ -26,9 +26,9 @@ import aiohttp
 import orjson
 import pytest
 
-from adapters.base import ProviderConfig
+from core.records import ProviderConfig
+from core.settings import Settings
 from gateway.embedded import free_port
-from gateway.settings import Settings
 from gateway.walkthrough import walkthrough
 from tests.support import ADMIN_KEY, DEMO_SECRET, OPERATOR_KEY, Api
 

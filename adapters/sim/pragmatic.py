@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 
 from adapters.pragmatic import sign
 from adapters.sim import Call
-from gateway.money import format_minor
+from core.money import format_minor
 
 
 class PragmaticClient:

@@ -27,12 +27,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.base import Adapter, PlayerSession, ProviderConfig
+from adapters.base import Adapter
 from adapters.sim import Call
-from gateway.errors import GatewayError, InvalidToken, TokenExpired
+from core.commands import Command, Kind, Result, Status
+from core.errors import GatewayError, InvalidToken, TokenExpired
+from core.records import PlayerSession, ProviderConfig
 from gateway.sessions import pick_profile
 from gateway.wallet import new_command
-from ledger.commands import Command, Kind, Result, Status
 
 BRAND = "brand-a"
 

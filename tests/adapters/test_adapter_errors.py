@@ -11,7 +11,7 @@ from typing import Any, cast
 import orjson
 import pytest
 
-from adapters.base import Adapter, PlayerSession
+from adapters.base import Adapter
 from adapters.evolution import EvolutionAdapter
 from adapters.exact_json import DuplicateKey, loads_exact, money
 from adapters.flow import code_for
@@ -20,10 +20,11 @@ from adapters.native import NativeAdapter
 from adapters.pragmatic import DESCRIPTIONS, PragmaticAdapter
 from adapters.pragmatic import sign as pragmatic_sign
 from adapters.sim import Call
-from gateway import errors as e
-from gateway.http import unique_keys
+from core import errors as e
+from core.commands import INT64_MAX, Kind, Result, Status
+from core.http import unique_keys
+from core.records import PlayerSession
 from gateway.wallet import Wallet
-from ledger.commands import INT64_MAX, Kind, Result, Status
 from tests.adapters.adapter_harness import FakeWallet, Provider
 from tests.adapters.real_backend import Backend
 from tests.support import PRAGMATIC_SECRET
@@ -57,7 +58,7 @@ def test_every_error_class_is_mapped(adapter: type[Adapter]) -> None:
     assert len(tree) > 30
     for cls in tree:
         assert adapter.error_code(cls) in PROTOCOL_CODES[adapter.protocol]
-    unmapped = [c.__name__ for c in tree if c.__module__ == "gateway.errors" and c not in adapter.ERRORS]
+    unmapped = [c.__name__ for c in tree if c.__module__ == "core.errors" and c not in adapter.ERRORS]
     assert unmapped == [], f"{adapter.protocol} has no explicit code for {unmapped}"
     assert set(adapter.ERRORS) <= set(tree)
     assert set(adapter.ERRORS.values()) <= PROTOCOL_CODES[adapter.protocol]

@@ -9,13 +9,13 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.base import PlayerSession, ProviderConfig
 from adapters.evolution import EvolutionAdapter
 from adapters.exact_json import loads_exact
 from adapters.sim import Call
 from adapters.sim.evolution import EvolutionClient
-from gateway.errors import LedgerTimeout, Overloaded, RateLimited
-from ledger.commands import Kind, Status
+from core.commands import Kind, Status
+from core.errors import LedgerTimeout, Overloaded, RateLimited
+from core.records import PlayerSession, ProviderConfig
 from tests.adapters.adapter_harness import FakeWallet, Provider, networks, round_property
 from tests.adapters.docs_examples import evolution_round, matches
 from tests.adapters.real_backend import Backend, RealBackend

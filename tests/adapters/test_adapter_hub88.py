@@ -10,12 +10,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from adapters.base import PlayerSession, ProviderConfig
 from adapters.hub88 import SIGNATURE_HEADER, Hub88Adapter, from_minor, to_minor
 from adapters.sim import Call
 from adapters.sim.hub88 import Hub88Client
-from gateway.errors import InvalidAmount, LedgerTimeout, Overloaded, RateLimited
-from ledger.commands import Kind, Status
+from core.commands import Kind, Status
+from core.errors import InvalidAmount, LedgerTimeout, Overloaded, RateLimited
+from core.records import PlayerSession, ProviderConfig
 from tests.adapters.adapter_harness import FakeWallet, Provider, networks, round_property
 from tests.adapters.docs_examples import hub88_round, matches
 from tests.adapters.real_backend import Backend, RealBackend

@@ -11,12 +11,12 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.base import PlayerSession, ProviderConfig
 from adapters.pragmatic import PragmaticAdapter, cash, sign
 from adapters.sim import Call
 from adapters.sim.pragmatic import PragmaticClient
-from gateway.errors import LedgerTimeout, Overloaded, RateLimited
-from ledger.commands import Kind, Status
+from core.commands import Kind, Status
+from core.errors import LedgerTimeout, Overloaded, RateLimited
+from core.records import PlayerSession, ProviderConfig
 from tests.adapters.adapter_harness import FakeWallet, Provider, networks, round_property
 from tests.adapters.docs_examples import matches, pragmatic_round
 from tests.adapters.real_backend import Backend, RealBackend

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ledger.commands import Result, Status
+from core.commands import Result, Status
 
 
 class GatewayError(Exception):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-from gateway.errors import InvalidAmount, UnknownCurrency
-from ledger.commands import INT64_MAX
+from core.commands import INT64_MAX
+from core.errors import InvalidAmount, UnknownCurrency
 
 #: ISO 4217 minor-unit exponents of the currencies the gateway accepts (plus common crypto units)
 CURRENCY_EXPONENTS: dict[str, int] = {
