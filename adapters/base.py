@@ -10,59 +10,22 @@ protocol's code (looked up along the class's MRO); a test proves no class is lef
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 from aiohttp import web
 
-from gateway.errors import Forbidden, GatewayError
-from gateway.http import read_body
-from ledger.commands import Command, Kind, Result
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderConfig:
-    """One configured provider instance, mounted at ``/v1/providers/<id>/``."""
-
-    id: str
-    protocol: str
-    enabled: bool = True
-    #: HMAC secret (native), secret key (Pragmatic) or authToken (Evolution)
-    secret: str = ""
-    #: the provider's RSA public key, PEM (Hub88): we verify its signatures with it
-    public_key_pem: str = ""
-    #: our RSA private key, PEM (Hub88): only needed to sign what we send to the provider
-    private_key_pem: str = ""
-    #: brands this provider may act for; empty = any brand of a session it holds
-    brands: tuple[str, ...] = ()
-    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    health_url: str = ""
-    rate_per_s: int = 0
-    burst: int = 0
-    #: protocol-specific extras (e.g. Pragmatic providerId, Hub88 operator id)
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class PlayerSession:
-    """A player's session at one provider, as the gateway holds it (Redis is the truth)."""
-
-    token: str
-    provider_id: str
-    tenant_id: str
-    brand_id: str
-    license: str
-    player_id: str
-    currency: str
-    country: str = ""
-    game_id: str = ""
-    started_ms: int = 0
-    expires_ms: int = 0
+from core.commands import Command, Kind, Result
+from core.errors import Forbidden, GatewayError
+from core.http import ClientDisconnected, read_body
+from core.records import PlayerSession, ProviderConfig
+from core.unexpected import answer_for
 
 
 class WalletPort(Protocol):
-    """What the gateway offers an adapter; implemented by ``gateway.wallet.Wallet``."""
+    """What the gateway offers an adapter; implemented by ``gateway.wallet.Wallet`` (through its
+    ``LazyWallet``, as adapters are built before start-up)."""
 
     async def open_session(self, provider_id: str, launch_token: str) -> PlayerSession:
         """Exchange a one-time launch token for a provider session (raises InvalidToken/TokenExpired)."""
@@ -83,7 +46,7 @@ class WalletPort(Protocol):
 
     def command(self, session: PlayerSession, kind: Kind, *, tx_id: str, round_id: str, amount: int = 0,
                 traceparent: str | None = None, **extra: Any) -> Command:
-        """A complete, validated command for this player."""
+        """A complete, validated command for this player; ``BadInput`` when it is not valid."""
 
     async def execute(self, command: Command) -> Result:
         """Run one command through limits, degradation, back-pressure and the ledger.
@@ -93,8 +56,23 @@ class WalletPort(Protocol):
         """
 
 
+#: one call of a protocol: the request and its verified, decoded body → the protocol's reply
+Op = Callable[[web.Request, Any], Awaitable[Any]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: what an answer may repeat from a request whose handling failed (e.g. Hub88's ``request_uuid``);
+#: ``decode`` fills it as soon as it has read the values, so even a later error echoes them
+Echo = dict[str, Any]
+
+
 class Adapter:
-    """Base of every protocol module."""
+    """Base of every protocol module.
+
+    ``handle`` is the one request path of every protocol: read the body (source network, size, deadline),
+    ``decode`` it (authenticate first, then parse), run the call, ``render`` its reply; a ``GatewayError``
+    is answered by ``render_error``, a protocol's own internal exceptions by ``own_answer``, anything else
+    by ``core.unexpected.answer_for`` (retryable for an outage, internal error for a defect). A client
+    gone mid-body is let through: there is nobody to answer.
+    """
 
     protocol: ClassVar[str]
     ERRORS: ClassVar[Mapping[type[GatewayError], Any]]
@@ -106,10 +84,53 @@ class Adapter:
     def __init__(self, config: ProviderConfig, wallet: WalletPort) -> None:
         self.config = config
         self.wallet = wallet
+        self.log = logging.getLogger(type(self).__module__)
 
     def routes(self) -> list[web.AbstractRouteDef]:
         """Routes relative to the provider's mount point."""
         raise NotImplementedError
+
+    # --- the one request path and its hooks -------------------------------------------------------------
+    def endpoint(self, op: Op) -> Handler:
+        """An aiohttp handler that serves ``op`` through ``handle``."""
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self.handle(request, op)
+
+        handler.__name__ = f"{self.protocol}_{op.__name__.lstrip('_')}"
+        return handler
+
+    async def handle(self, request: web.Request, op: Op) -> web.StreamResponse:
+        echo: Echo = {}
+        try:
+            raw = await self.read_body(request)
+            call = self.decode(request, raw, echo)
+            return self.render(await op(request, call))
+        except ClientDisconnected:
+            raise
+        except GatewayError as exc:
+            return self.render_error(exc, echo)
+        except Exception as exc:
+            own = self.own_answer(exc, echo)
+            if own is not None:
+                return own
+            return self.render_error(answer_for(exc, f"{self.protocol} {self.config.id} {request.path}",
+                                                self.log), echo)
+
+    def decode(self, request: web.Request, raw: bytes, echo: Echo) -> Any:
+        """Authenticate the call, then parse ``raw`` into what the protocol's calls take."""
+        raise NotImplementedError
+
+    def render(self, reply: Any) -> web.StreamResponse:
+        """The HTTP answer for a call's reply."""
+        raise NotImplementedError
+
+    def render_error(self, exc: GatewayError, echo: Echo) -> web.StreamResponse:
+        """The HTTP answer for an error, in the protocol's format with its code from ``ERRORS``."""
+        raise NotImplementedError
+
+    def own_answer(self, exc: Exception, echo: Echo) -> web.StreamResponse | None:
+        """The answer to one of the protocol's internal exceptions; ``None`` for anything unexpected."""
+        return None
 
     @classmethod
     def error_code(cls, exc: GatewayError | type[GatewayError]) -> Any:

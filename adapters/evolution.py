@@ -13,37 +13,35 @@ single-settlement semantics: the first of them settles the bet, every later one 
 that refuses the late debit (``FINAL_ERROR_ACTION_FAILED``). Credits and cancels never depend on the sid
 being alive; debits, balance and check do.
 
-The module also holds ``EvolutionClient``, the provider side, for tests and load generation.
+The provider side (``EvolutionClient``, for tests and load generation) is ``adapters.sim.evolution``.
 """
 
 from __future__ import annotations
 
 import hmac
-import logging
-import secrets
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any, ClassVar, TypeGuard
 
+import orjson
 from aiohttp import web
 
 from adapters import flow
-from adapters.base import Adapter, PlayerSession, ProviderConfig, WalletPort
-from adapters.flow import Call
-from adapters.jsonwire import BadNumber, DuplicateKey, Raw, dumps, loads_exact, money, obj
-from gateway import errors as e
-from gateway.http import ClientDisconnected
-from gateway.money import format_minor, to_minor
-from gateway.unexpected import answer_for
-from ledger.commands import Command, Kind, Result, clean_text
-
-log = logging.getLogger(__name__)
+from adapters.base import Adapter, Echo, WalletPort
+from adapters.exact_json import BadNumber, DuplicateKey, loads_exact, money
+from core import errors as e
+from core.commands import Command, Kind, Result, clean_text
+from core.money import to_minor
+from core.records import PlayerSession, ProviderConfig
 
 OK = "OK"
 MAX_TEXT = 128
 
-Reply = list[tuple[str, Any]]
+Reply = dict[str, Any]
+
+
+class _NotJson(Exception):
+    """The body is not JSON at all (answered HTTP 400); internal."""
 
 
 class _Answer(Exception):
@@ -136,9 +134,9 @@ class EvolutionAdapter(Adapter):
         e.RoundClosed: "FINAL_ERROR_ACTION_FAILED",
         e.RollbackOfUnknown: "BET_DOES_NOT_EXIST",
         e.AlreadyRolledBack: "BET_ALREADY_SETTLED",
+        e.IdempotencyConflict: "BET_ALREADY_EXIST",
         # a retried credit, cancel or promo payout; a retried debit is BET_ALREADY_EXIST (override)
         e.Duplicate: "BET_ALREADY_SETTLED",
-        e.IdempotencyConflict: "BET_ALREADY_EXIST",
     }
     DEBIT_OVERRIDES: ClassVar[dict[type[e.GatewayError], str]] = {e.Duplicate: "BET_ALREADY_EXIST"}
     #: a credit of a cancelled bet: the bet was settled by its cancel
@@ -158,71 +156,57 @@ class EvolutionAdapter(Adapter):
             "/check": self._check, "/balance": self._balance, "/debit": self._debit,
             "/credit": self._credit, "/cancel": self._cancel, "/promo_payout": self._promo_payout,
         }
-        return [web.post(path, self._endpoint(op)) for path, op in ops.items()]
+        return [web.post(path, self.endpoint(op)) for path, op in ops.items()]
 
-    # --- the envelope ------------------------------------------------------------------------------
-    def _endpoint(
-        self, op: Callable[[web.Request, dict[str, Any]], Awaitable[Reply]]
-    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            return await self._handle(request, op)
-
-        handler.__name__ = f"evolution{op.__name__}"
-        return handler
-
+    # --- the hooks of ``Adapter.handle`` --------------------------------------------------------------
     def verify(self, token: str | None) -> None:
         if not token:
             raise e.Unauthorized("missing authToken")
         if not hmac.compare_digest(self._token, token.encode()):
             raise e.InvalidSignature("wrong authToken")
 
-    async def _handle(self, request: web.Request,
-                      op: Callable[[web.Request, dict[str, Any]], Awaitable[Reply]]) -> web.StreamResponse:
-        uuid = ""
+    def decode(self, request: web.Request, raw: bytes, echo: Echo) -> dict[str, Any]:
+        self.verify(request.query.get("authToken"))
         try:
-            body = await self.read_body(request)
-            self.verify(request.query.get("authToken"))
-            try:
-                data = loads_exact(body)
-            except DuplicateKey:
-                raise e.MalformedBody("a key appears twice in one object") from None
-            except ValueError:
-                return self._json([("status", "INVALID_PARAMETER"), ("uuid", "")], 400)
-            if not isinstance(data, dict):
-                raise e.MalformedBody("body is not a JSON object")
-            if _echoable(data.get("uuid")):
-                uuid = data["uuid"]
-            reply = await op(request, data)
-        except ClientDisconnected:
-            raise
-        except e.GatewayError as exc:
-            reply = self._error(self.error_code(exc), exc.balance, exc.currency, uuid)
-        except _Answer as answer:
-            reply = self._error(answer.status, answer.result.balance, answer.result.currency, uuid)
-        except Exception as exc:
-            err = answer_for(exc, f"evolution {request.path}", log)
-            reply = self._error(self.error_code(err), None, None, uuid)
-        return self._json(reply)
+            data = loads_exact(raw)
+        except DuplicateKey:
+            raise e.MalformedBody("a key appears twice in one object") from None
+        except ValueError:
+            raise _NotJson() from None
+        if not isinstance(data, dict):
+            raise e.MalformedBody("body is not a JSON object")
+        if _echoable(data.get("uuid")):
+            echo["uuid"] = data["uuid"]
+        return data
 
-    @staticmethod
-    def _json(reply: Reply, status: int = 200) -> web.Response:
-        return web.Response(body=dumps(reply), status=status, content_type="application/json")
+    def render(self, reply: Reply, status: int = 200) -> web.Response:
+        return web.Response(body=orjson.dumps(reply), status=status, content_type="application/json")
+
+    def render_error(self, exc: e.GatewayError, echo: Echo) -> web.Response:
+        return self.render(self._error(self.error_code(exc), exc.balance, exc.currency, echo.get("uuid", "")))
+
+    def own_answer(self, exc: Exception, echo: Echo) -> web.Response | None:
+        if isinstance(exc, _Answer):
+            return self.render(self._error(exc.status, exc.result.balance, exc.result.currency,
+                                           echo.get("uuid", "")))
+        if isinstance(exc, _NotJson):  # not JSON at all: the one answer that is not HTTP 200
+            return self.render({"status": "INVALID_PARAMETER", "uuid": ""}, 400)
+        return None
 
     @staticmethod
     def _error(status: str, balance: int | None, currency: str | None, uuid: str) -> Reply:
-        reply: Reply = [("status", status)]
+        reply: Reply = {"status": status}
         if balance is not None and currency:
             try:
-                reply += [("balance", money(balance, currency)), ("bonus", money(0, currency))]
+                reply |= {"balance": money(balance, currency), "bonus": money(0, currency)}
             except e.UnknownCurrency:
                 pass
-        reply.append(("uuid", uuid))
+        reply["uuid"] = uuid
         return reply
 
     @staticmethod
     def _ok(balance: int, currency: str, uuid: str) -> Reply:
-        return [("status", OK), ("balance", money(balance, currency)), ("bonus", money(0, currency)),
-                ("uuid", uuid)]
+        return {"status": OK, "balance": money(balance, currency), "bonus": money(0, currency), "uuid": uuid}
 
     # --- helpers -----------------------------------------------------------------------------------
     @staticmethod
@@ -268,7 +252,7 @@ class EvolutionAdapter(Adapter):
         session = await flow.bet_session(self, sid, user)
         if self._rotate:
             session = await self.wallet.rotate_session(session)
-        return [("status", OK), ("sid", session.token), ("uuid", uuid)]
+        return {"status": OK, "sid": session.token, "uuid": uuid}
 
     async def _balance(self, request: web.Request, d: dict[str, Any]) -> Reply:
         sid, user, uuid = self._head(d)
@@ -325,80 +309,3 @@ class EvolutionAdapter(Adapter):
                          traceparent=request.headers.get("traceparent"))
         return await self._run(cmd, uuid)
 
-
-class EvolutionClient:
-    """Evolution's side: JSON calls as Evolution sends them (for tests and load generation).
-
-    Amounts are given in minor units and sent as exact JSON decimal numbers. Each method returns a
-    ``Call`` whose path carries ``?authToken=``.
-    """
-
-    def __init__(self, auth_token: str, *, base_path: str = "", table_id: str = "vip-roulette-123xyz",
-                 game_type: str = "roulette") -> None:
-        self.auth_token = auth_token
-        self.base_path = base_path.rstrip("/")
-        self.table_id = table_id
-        self.game_type = game_type
-
-    @staticmethod
-    def new_id() -> str:
-        return secrets.token_hex(12)
-
-    def call(self, endpoint: str, fields: list[tuple[str, Any]] | bytes) -> Call:
-        body = fields if isinstance(fields, bytes) else dumps(fields)
-        query = urllib.parse.urlencode({"authToken": self.auth_token})
-        return Call(f"{self.base_path}/{endpoint}?{query}", {"Content-Type": "application/json"}, body)
-
-    def check(self, user_id: str, sid: str, *, channel: str = "desktop") -> Call:
-        return self.call("check", [("sid", sid), ("userId", user_id), ("uuid", self.new_id()),
-                                   ("channel", {"type": channel})])
-
-    def balance(self, user_id: str, sid: str, *, currency: str) -> Call:
-        return self.call("balance", [("sid", sid), ("userId", user_id), ("currency", currency),
-                                     ("game", None), ("uuid", self.new_id())])
-
-    def _money_call(self, endpoint: str, user_id: str, sid: str, *, currency: str, amount: int,
-                    ref_id: str, round_id: str, tx_id: str | None) -> Call:
-        game = {"id": round_id, "type": self.game_type,
-                "details": {"table": {"id": self.table_id, "vid": None}}}
-        tx = [("id", tx_id or self.new_id()), ("refId", ref_id),
-              ("amount", Raw(format_minor(amount, currency)))]
-        return self.call(endpoint, [
-            ("sid", sid), ("userId", user_id), ("currency", currency), ("game", game),
-            ("transaction", obj(tx)), ("uuid", self.new_id()),
-        ])
-
-    def debit(self, user_id: str, sid: str, *, currency: str, amount: int, ref_id: str | None = None,
-              round_id: str | None = None, tx_id: str | None = None) -> Call:
-        return self._money_call("debit", user_id, sid, currency=currency, amount=amount,
-                                ref_id=ref_id or self.new_id(), round_id=round_id or self.new_id(),
-                                tx_id=tx_id)
-
-    def credit(self, user_id: str, sid: str, *, currency: str, amount: int, ref_id: str, round_id: str,
-               tx_id: str | None = None) -> Call:
-        return self._money_call("credit", user_id, sid, currency=currency, amount=amount, ref_id=ref_id,
-                                round_id=round_id, tx_id=tx_id)
-
-    def cancel(self, user_id: str, sid: str, *, currency: str, amount: int, ref_id: str, round_id: str,
-               tx_id: str | None = None) -> Call:
-        return self._money_call("cancel", user_id, sid, currency=currency, amount=amount, ref_id=ref_id,
-                                round_id=round_id, tx_id=tx_id)
-
-    def promo_payout(self, user_id: str, sid: str, *, currency: str, amount: int,
-                     promo_type: str = "JackpotWin", promo_id: str | None = None) -> Call:
-        promo = [("type", promo_type), ("id", promo_id or self.new_id()),
-                 ("amount", Raw(format_minor(amount, currency))), ("voucherId", None),
-                 ("remainingRounds", 0)]
-        return self.call("promo_payout", [
-            ("sid", sid), ("userId", user_id), ("currency", currency), ("game", None),
-            ("promoTransaction", obj(promo)), ("uuid", self.new_id()),
-        ])
-
-    def round(self, user_id: str, sid: str, *, currency: str, bet: int, win: int,
-              round_id: str | None = None) -> list[Call]:
-        """A debit and its credit (``win`` may be 0: a loss)."""
-        rid, ref = round_id or self.new_id(), self.new_id()
-        return [
-            self.debit(user_id, sid, currency=currency, amount=bet, ref_id=ref, round_id=rid),
-            self.credit(user_id, sid, currency=currency, amount=win, ref_id=ref, round_id=rid),
-        ]

@@ -6,32 +6,23 @@ a session expired or was evicted, so it falls back to the player's profile (unde
 can only mean: the provider's one brand or the player's one brand there, never a guess among several);
 a token that names another player is refused rather than silently re-targeted; a provider may only act
 for its configured brands.
-The ledger's ``Result`` becomes an error through ``gateway.errors.error_for`` and a protocol code through
+The ledger's ``Result`` becomes an error through ``core.errors.error_for`` and a protocol code through
 the adapter's one ``ERRORS`` table (plus a per-call override where a protocol answers the same ledger
 outcome differently for different calls).
-
-``Call`` is the other side: what a simulated provider sends (tests, Locust).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
-from adapters.base import Adapter, PlayerSession
-from gateway.errors import Forbidden, GatewayError, InvalidToken, MalformedBody, error_for
-from ledger.commands import Command, InvalidCommand, Kind, Result
+from adapters.base import Adapter
+from core.commands import Command, Kind, Result
+from core.errors import Forbidden, GatewayError, InvalidToken, error_for
+from core.records import PlayerSession
 
 #: how one ledger outcome is answered: the protocol code and, when it is not a plain success, the error
 Outcome = tuple[Any, GatewayError | None]
-
-
-class Call(NamedTuple):
-    """One provider request, ready to send: path (relative to the server root), headers, raw body."""
-
-    path: str
-    headers: dict[str, str]
-    body: bytes
 
 
 def check_brand(adapter: Adapter, session: PlayerSession) -> PlayerSession:
@@ -67,12 +58,10 @@ async def settlement_session(adapter: Adapter, token: str | None, player_id: str
 
 def build(adapter: Adapter, session: PlayerSession, kind: Kind, *, tx_id: str, round_id: str,
           amount: int = 0, traceparent: str | None = None, **extra: Any) -> Command:
-    """``wallet.command`` with an invalid command turned into the protocol's validation error."""
-    try:
-        return adapter.wallet.command(session, kind, tx_id=tx_id, round_id=round_id, amount=amount,
-                                      traceparent=traceparent, **extra)
-    except InvalidCommand as exc:
-        raise MalformedBody(str(exc)) from None
+    """``wallet.command`` (an invalid command is the wallet's ``BadInput``, answered as the protocol's
+    validation error through ``ERRORS``)."""
+    return adapter.wallet.command(session, kind, tx_id=tx_id, round_id=round_id, amount=amount,
+                                  traceparent=traceparent, **extra)
 
 
 def outcome(adapter: Adapter, result: Result, ok: Any,

@@ -8,16 +8,13 @@ balances go back the same way. A bet that failed for a retryable reason answers 
 Hub88 rolls it back; that rollback works whether or not the bet was applied (tombstone), which is what
 makes shedding bets safe. Settlements never depend on the token being alive.
 
-The module also holds ``Hub88Client``, the provider side: correctly signed requests for tests and load.
+The provider side (``Hub88Client``, correctly signed requests for tests and load) is ``adapters.sim.hub88``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import logging
-import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeGuard
 
 import orjson
@@ -27,15 +24,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from adapters import flow
-from adapters.base import Adapter, PlayerSession, ProviderConfig, WalletPort
-from adapters.flow import Call
-from gateway import errors as e
-from gateway.http import ClientDisconnected, header_bytes, unique_keys
-from gateway.money import exponent
-from gateway.unexpected import answer_for
-from ledger.commands import Command, Kind, clean_text
-
-log = logging.getLogger(__name__)
+from adapters.base import Adapter, Echo, WalletPort
+from core import errors as e
+from core.commands import Command, Kind, clean_text
+from core.http import header_bytes, unique_keys
+from core.money import exponent
+from core.records import PlayerSession, ProviderConfig
 
 SIGNATURE_HEADER = "X-Hub88-Signature"
 #: Hub88 money is the value times this, for every currency
@@ -136,10 +130,6 @@ class _Fields:
         return f"tx:{fallback_tx}" if self.d.get("round") in (None, "") else self.text("round")
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Op = Callable[[web.Request, _Fields], Awaitable[dict[str, Any]]]
-
-
 class Hub88Adapter(Adapter):
     protocol = "hub88"
     EXCHANGES_LAUNCH_TOKEN = False
@@ -189,9 +179,10 @@ class Hub88Adapter(Adapter):
         e.RoundClosed: "RS_ERROR_UNKNOWN",
         e.RollbackOfUnknown: OK,
         e.AlreadyRolledBack: OK,
-        # duplicates: a retry answers RS_OK with the current balance; other details are a conflict
-        e.Duplicate: OK,
+        # a transaction id reused with other details
         e.IdempotencyConflict: "RS_ERROR_DUPLICATE_TRANSACTION",
+        # duplicates: a retry answers RS_OK with the current balance
+        e.Duplicate: OK,
     }
 
     def __init__(self, config: ProviderConfig, wallet: WalletPort) -> None:
@@ -200,21 +191,14 @@ class Hub88Adapter(Adapter):
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [
-            web.post("/user/info", self._endpoint(self._user_info)),
-            web.post("/user/balance", self._endpoint(self._balance)),
-            web.post("/transaction/bet", self._endpoint(self._bet)),
-            web.post("/transaction/win", self._endpoint(self._win)),
-            web.post("/transaction/rollback", self._endpoint(self._rollback)),
+            web.post("/user/info", self.endpoint(self._user_info)),
+            web.post("/user/balance", self.endpoint(self._balance)),
+            web.post("/transaction/bet", self.endpoint(self._bet)),
+            web.post("/transaction/win", self.endpoint(self._win)),
+            web.post("/transaction/rollback", self.endpoint(self._rollback)),
         ]
 
-    # --- the envelope: network, signature, syntax, one answer shape --------------------------------
-    def _endpoint(self, op: Op) -> Handler:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            return await self._handle(request, op)
-
-        handler.__name__ = f"hub88{op.__name__}"
-        return handler
-
+    # --- the hooks of ``Adapter.handle``: signature, syntax, one answer shape ------------------------
     def verify(self, body: bytes, signature: bytes | str | None) -> None:
         """Raise unless ``signature`` (base64) is Hub88's RSA-SHA256 (PKCS#1 v1.5) signature of ``body``."""
         if not signature:
@@ -225,36 +209,34 @@ class Hub88Adapter(Adapter):
         except (binascii.Error, ValueError, _BadRsaSignature):
             raise e.InvalidSignature() from None
 
-    async def _handle(self, request: web.Request, op: Op) -> web.StreamResponse:
-        echo: dict[str, Any] = {}
+    def decode(self, request: web.Request, raw: bytes, echo: Echo) -> _Fields:
+        self.verify(raw, header_bytes(request, SIGNATURE_HEADER))
         try:
-            body = await self.read_body(request)
-            self.verify(body, header_bytes(request, SIGNATURE_HEADER))
-            try:
-                data = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise e.MalformedBody("body is not JSON") from None
-            if not isinstance(data, dict):
-                raise e.MalformedBody("body is not a JSON object")
-            for key in ("user", "request_uuid"):
-                if _echoable(data.get(key)):
-                    echo[key] = data[key]
-            unique_keys(body, data)
-            reply = await op(request, _Fields(data))
-        except ClientDisconnected:
-            raise
-        except e.GatewayError as exc:
-            reply = self._error(echo, self.error_code(exc), exc)
-        except _WrongTypes as exc:
-            log.debug("hub88 %s: %s", request.path, exc)
-            reply = self._error(echo, "RS_ERROR_WRONG_TYPES", None)
-        except Exception as exc:
-            err = answer_for(exc, f"hub88 {request.path}", log)
-            reply = self._error(echo, self.error_code(err), err)
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise e.MalformedBody("body is not JSON") from None
+        if not isinstance(data, dict):
+            raise e.MalformedBody("body is not a JSON object")
+        for key in ("user", "request_uuid"):
+            if _echoable(data.get(key)):
+                echo[key] = data[key]
+        unique_keys(raw, data)
+        return _Fields(data)
+
+    def render(self, reply: dict[str, Any]) -> web.Response:
         return web.Response(body=orjson.dumps(reply), content_type="application/json")
 
+    def render_error(self, exc: e.GatewayError, echo: Echo) -> web.Response:
+        return self.render(self._error(echo, self.error_code(exc), exc))
+
+    def own_answer(self, exc: Exception, echo: Echo) -> web.Response | None:
+        if not isinstance(exc, _WrongTypes):
+            return None
+        self.log.debug("hub88 %s: %s", self.config.id, exc)
+        return self.render(self._error(echo, "RS_ERROR_WRONG_TYPES", None))
+
     @staticmethod
-    def _error(echo: dict[str, Any], status: str, exc: e.GatewayError | None) -> dict[str, Any]:
+    def _error(echo: Echo, status: str, exc: e.GatewayError | None) -> dict[str, Any]:
         reply: dict[str, Any] = {"user": echo.get("user", ""), "status": status,
                                  "request_uuid": echo.get("request_uuid", "")}
         if exc is not None and exc.currency and exc.balance is not None:
@@ -359,84 +341,3 @@ class Hub88Adapter(Adapter):
             raise err
         return self._ok(f, OK, result.balance, result.currency)
 
-
-class Hub88Client:
-    """Hub88's side: signed requests as Hub88 sends them (for tests and load generation).
-
-    Amounts are given in minor units and sent as Hub88 money. Each method returns a ``Call``.
-    """
-
-    def __init__(self, private_key_pem: str | bytes, *, base_path: str = "", game_code: str = "hub88_game"):
-        pem = private_key_pem.encode() if isinstance(private_key_pem, str) else private_key_pem
-        key = serialization.load_pem_private_key(pem, password=None)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise ValueError("private_key_pem is not an RSA private key")
-        self._key = key
-        self.base_path = base_path.rstrip("/")
-        self.game_code = game_code
-
-    def sign(self, body: bytes) -> str:
-        return base64.b64encode(self._key.sign(body, padding.PKCS1v15(), hashes.SHA256())).decode()
-
-    def signed(self, path: str, payload: dict[str, Any] | bytes) -> Call:
-        """A call to ``path`` (e.g. ``/transaction/bet``) with ``payload`` signed as sent."""
-        body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: self.sign(body)}
-        return Call(self.base_path + path, headers, body)
-
-    @staticmethod
-    def new_id() -> str:
-        return str(uuid.uuid4())
-
-    def user_info(self, user: str) -> Call:
-        return self.signed("/user/info", {"user": user, "request_uuid": self.new_id()})
-
-    def balance(self, user: str, token: str) -> Call:
-        return self.signed("/user/balance", {"user": user, "token": token, "request_uuid": self.new_id(),
-                                             "game_code": self.game_code})
-
-    def bet_payload(self, user: str, token: str, *, amount: int, currency: str, round: str | None,
-                    transaction_uuid: str | None = None, round_closed: bool = False,
-                    is_free: bool = False) -> dict[str, Any]:
-        tx = transaction_uuid or self.new_id()
-        return {
-            "user": user, "transaction_uuid": tx, "supplier_transaction_id": f"sup-{tx}", "token": token,
-            "supplier_user": None, "round_closed": round_closed, "round": round, "reward_uuid": None,
-            "request_uuid": self.new_id(), "is_free": is_free, "is_aggregated": False,
-            "game_code": self.game_code, "currency": currency, "bet": None,
-            "amount": from_minor(amount, currency), "meta": None,
-        }
-
-    def bet(self, user: str, token: str, **kw: Any) -> Call:
-        return self.signed("/transaction/bet", self.bet_payload(user, token, **kw))
-
-    def win_payload(self, user: str, token: str, *, amount: int, currency: str, reference: str,
-                    round: str | None, transaction_uuid: str | None = None, round_closed: bool = True,
-                    is_free: bool = False) -> dict[str, Any]:
-        payload = self.bet_payload(user, token, amount=amount, currency=currency, round=round,
-                                   transaction_uuid=transaction_uuid, round_closed=round_closed,
-                                   is_free=is_free)
-        payload["reference_transaction_uuid"] = reference
-        return payload
-
-    def win(self, user: str, token: str, **kw: Any) -> Call:
-        return self.signed("/transaction/win", self.win_payload(user, token, **kw))
-
-    def rollback(self, user: str, token: str, *, reference: str, round: str | None = None,
-                 transaction_uuid: str | None = None) -> Call:
-        tx = transaction_uuid or self.new_id()
-        return self.signed("/transaction/rollback", {
-            "user": user, "transaction_uuid": tx, "supplier_transaction_id": f"sup-{tx}", "token": token,
-            "round_closed": True, "round": round, "request_uuid": self.new_id(),
-            "reference_transaction_uuid": reference, "game_code": self.game_code, "meta": None,
-        })
-
-    def round(self, user: str, token: str, *, currency: str, bet: int, win: int | None,
-              round_id: str | None = None) -> list[Call]:
-        """A bet, then its win (``win=None``: a lost round, settled with a zero win)."""
-        rid = round_id or self.new_id()
-        bet_tx = self.new_id()
-        return [
-            self.bet(user, token, amount=bet, currency=currency, round=rid, transaction_uuid=bet_tx),
-            self.win(user, token, amount=win or 0, currency=currency, reference=bet_tx, round=rid),
-        ]

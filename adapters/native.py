@@ -12,23 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
 
 from adapters import flow
-from adapters.base import Adapter, PlayerSession
-from adapters.flow import Call
-from gateway import errors as E
-from gateway.http import ClientDisconnected, field, header_bytes, unique_keys
-from gateway.money import exponent, format_minor, to_minor
-from gateway.unexpected import answer_for
-from ledger.commands import Kind, Result
+from adapters.base import Adapter, Echo
+from core import errors as E
+from core.commands import Kind, Result
+from core.http import field, header_bytes, unique_keys
+from core.money import exponent, format_minor, to_minor
+from core.records import PlayerSession
 
-log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Signature"
 OK = "OK"
 
@@ -53,40 +49,32 @@ class NativeAdapter(Adapter):
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [
-            web.post("/authenticate", self._wrap(self.authenticate)),
-            web.post("/balance", self._wrap(self.balance)),
-            web.post("/bet", self._wrap(self.bet)),
-            web.post("/win", self._wrap(self.win)),
-            web.post("/rollback", self._wrap(self.rollback)),
-            web.post("/end-round", self._wrap(self.end_round)),
+            web.post("/authenticate", self.endpoint(self.authenticate)),
+            web.post("/balance", self.endpoint(self.balance)),
+            web.post("/bet", self.endpoint(self.bet)),
+            web.post("/win", self.endpoint(self.win)),
+            web.post("/rollback", self.endpoint(self.rollback)),
+            web.post("/end-round", self.endpoint(self.end_round)),
         ]
 
-    # ------------------------------------------------------------------ plumbing
-    def _wrap(self, handler: Callable[[dict[str, Any], web.Request], Awaitable[dict[str, Any]]]) -> Any:
-        async def endpoint(request: web.Request) -> web.Response:
-            try:
-                raw = await self.read_body(request)
-                given = header_bytes(request, SIGNATURE_HEADER) or b""
-                if not hmac.compare_digest(given, sign(self.config.secret, raw).encode()):
-                    raise E.InvalidSignature()
-                try:
-                    body = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    raise E.MalformedBody("body is not JSON") from None
-                if not isinstance(body, dict):
-                    raise E.MalformedBody("body must be a JSON object")
-                unique_keys(raw, body)
-                return _json(200, {"status": OK, **await handler(body, request)})
-            except ClientDisconnected:
-                raise
-            except E.GatewayError as exc:
-                return self.render_error(exc)
-            except Exception as exc:
-                return self.render_error(answer_for(exc, f"native {self.config.id} {request.path}", log))
+    # ------------------------------------------------------------------ the hooks of ``Adapter.handle``
+    def decode(self, request: web.Request, raw: bytes, echo: Echo) -> dict[str, Any]:
+        given = header_bytes(request, SIGNATURE_HEADER) or b""
+        if not hmac.compare_digest(given, sign(self.config.secret, raw).encode()):
+            raise E.InvalidSignature()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise E.MalformedBody("body is not JSON") from None
+        if not isinstance(body, dict):
+            raise E.MalformedBody("body must be a JSON object")
+        unique_keys(raw, body)
+        return body
 
-        return endpoint
+    def render(self, reply: dict[str, Any]) -> web.Response:
+        return _json(200, {"status": OK, **reply})
 
-    def render_error(self, exc: E.GatewayError) -> web.Response:
+    def render_error(self, exc: E.GatewayError, echo: Echo) -> web.Response:
         code = self.error_code(exc)
         out: dict[str, Any] = {"status": "ERROR", "code": code, "message": exc.detail,
                                "retryable": isinstance(exc, E.Retryable)}
@@ -129,18 +117,18 @@ class NativeAdapter(Adapter):
         return to_minor(amount, currency)
 
     # ------------------------------------------------------------------ calls
-    async def authenticate(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+    async def authenticate(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
         session = await self.wallet.open_session(self.config.id, field(body, "launch_token"))
         balance = await self.wallet.balance(session)
         return {"session_token": session.token, "player_id": session.player_id, "currency": session.currency,
                 "balance": format_minor(balance, session.currency), "expires_ms": session.expires_ms}
 
-    async def balance(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+    async def balance(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
         session = await self.wallet.session(self.config.id, field(body, "session_token", max_len=200))
         balance = await self.wallet.balance(session)
         return {"balance": format_minor(balance, session.currency), "currency": session.currency}
 
-    async def bet(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+    async def bet(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
         session = await flow.bet_session(self, field(body, "session_token", max_len=200), None)
         amount = self._amount(body, session)
         cmd = flow.build(self, session, Kind.BET, tx_id=field(body, "transaction_id"),
@@ -150,7 +138,7 @@ class NativeAdapter(Adapter):
                          free_round=_bool(body, "free_round"), round_closed=_bool(body, "round_closed"))
         return self._money_answer(await self.wallet.execute(cmd))
 
-    async def win(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+    async def win(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
         session = await self._settle_session(body)
         amount = self._amount(body, session)
         credit_type = body.get("type", "win")
@@ -164,7 +152,7 @@ class NativeAdapter(Adapter):
                          free_round=_bool(body, "free_round"), round_closed=_bool(body, "round_closed"))
         return self._money_answer(await self.wallet.execute(cmd))
 
-    async def rollback(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+    async def rollback(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
         session = await self._settle_session(body)
         ref = field(body, "bet_transaction_id")
         cmd = flow.build(self, session, Kind.ROLLBACK, tx_id=field(body, "transaction_id"),
@@ -173,7 +161,7 @@ class NativeAdapter(Adapter):
                          round_closed=_bool(body, "round_closed"))
         return self._money_answer(await self.wallet.execute(cmd))
 
-    async def end_round(self, body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+    async def end_round(self, request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
         session = await self._settle_session(body)
         round_id = field(body, "round_id")
         tx_id = field(body, "transaction_id", required=False) or f"end:{round_id}"
@@ -186,38 +174,3 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
                         headers=headers)
 
-
-class NativeClient:
-    """The provider side of the native protocol: signed calls for tests, the simulator and Locust."""
-
-    def __init__(self, provider_id: str, secret: str) -> None:
-        self.provider_id = provider_id
-        self.secret = secret
-        self.base = f"/v1/providers/{provider_id}"
-
-    def call(self, action: str, **fields: Any) -> Call:
-        body = orjson.dumps({k: v for k, v in fields.items() if v is not None})
-        return Call(f"{self.base}/{action}", {SIGNATURE_HEADER: sign(self.secret, body),
-                                               "Content-Type": "application/json"}, body)
-
-    def authenticate(self, launch_token: str) -> Call:
-        return self.call("authenticate", launch_token=launch_token)
-
-    def balance(self, session_token: str) -> Call:
-        return self.call("balance", session_token=session_token)
-
-    def bet(self, session_token: str, tx_id: str, round_id: str, amount: str, currency: str, **kw: Any) -> Call:
-        return self.call("bet", session_token=session_token, transaction_id=tx_id, round_id=round_id,
-                         amount=amount, currency=currency, **kw)
-
-    def win(self, session_token: str | None, tx_id: str, round_id: str, amount: str, currency: str,
-            **kw: Any) -> Call:
-        return self.call("win", session_token=session_token, transaction_id=tx_id, round_id=round_id,
-                         amount=amount, currency=currency, **kw)
-
-    def rollback(self, session_token: str | None, tx_id: str, bet_tx_id: str, **kw: Any) -> Call:
-        return self.call("rollback", session_token=session_token, transaction_id=tx_id,
-                         bet_transaction_id=bet_tx_id, **kw)
-
-    def end_round(self, session_token: str | None, round_id: str, **kw: Any) -> Call:
-        return self.call("end-round", session_token=session_token, round_id=round_id, **kw)

@@ -18,34 +18,27 @@ free-round bet and moves no cash. A negative ``adjustment`` is a debit (a ledger
 ended); a positive one a credit of type ``adjustment`` in the game round. ``endRound`` of a round with no live bet
 answers 0: there is nothing left to end.
 
-The module also holds ``PragmaticClient``, the provider side, for tests and load generation.
+The provider side (``PragmaticClient``, for tests and load generation) is ``adapters.sim.pragmatic``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import re
-import secrets
-import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
+import orjson
 from aiohttp import web
 
 from adapters import flow
-from adapters.base import Adapter, PlayerSession, ProviderConfig, WalletPort
-from adapters.flow import Call
-from adapters.jsonwire import Raw, dumps
-from gateway import errors as e
-from gateway.http import ClientDisconnected
-from gateway.money import exponent, format_minor, to_minor
-from gateway.unexpected import answer_for
-from ledger.commands import Command, Kind, Result, clean_text
-
-log = logging.getLogger(__name__)
+from adapters.base import Adapter, Echo, WalletPort
+from core import errors as e
+from core.commands import Command, Kind, Result, clean_text
+from core.money import exponent, format_minor, to_minor
+from core.records import PlayerSession, ProviderConfig
 
 OK = 0
 #: error code → the description sent with it
@@ -67,7 +60,7 @@ MAX_FIELDS = 64
 _DECIMAL = re.compile(r"-?[0-9]{1,19}(\.[0-9]{1,12})?")
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
-Reply = list[tuple[str, Any]]
+Reply = dict[str, Any]
 
 
 class _Answer(Exception):
@@ -84,13 +77,13 @@ def sign(params: Mapping[str, str], secret: str) -> str:
     return hashlib.md5((text + secret).encode()).hexdigest()
 
 
-def cash(minor: int, currency: str) -> Raw:
+def cash(minor: int, currency: str) -> orjson.Fragment:
     """A JSON number with at least 2 decimals (Pragmatic's format), exact for every exponent."""
     text = format_minor(minor, currency)
     exp = exponent(currency)
     if exp < 2:
         text += ("." if exp == 0 else "") + "0" * (2 - exp)
-    return Raw(text)
+    return orjson.Fragment(text)
 
 
 class _Params:
@@ -190,8 +183,8 @@ class PragmaticAdapter(Adapter):
         e.RoundClosed: 3,
         e.RollbackOfUnknown: OK,
         e.AlreadyRolledBack: OK,
-        e.Duplicate: OK,
         e.IdempotencyConflict: 7,
+        e.Duplicate: OK,
     }
     #: a result, bonus, jackpot, promo or positive adjustment whose round's bet was refunded is "bad"
     CREDIT_OVERRIDES: ClassVar[dict[type[e.GatewayError], int]] = {e.TransactionRolledBack: 7}
@@ -216,7 +209,7 @@ class PragmaticAdapter(Adapter):
         }
 
     def routes(self) -> list[web.AbstractRouteDef]:
-        return [web.post("/{method}.html", self.handle)]
+        return [web.post("/{method}.html", self.dispatch)]
 
     # --- the envelope ------------------------------------------------------------------------------
     def verify(self, params: Mapping[str, str]) -> None:
@@ -239,35 +232,33 @@ class PragmaticAdapter(Adapter):
             raise e.MalformedBody("a parameter is repeated")
         return params
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
         op = self._ops.get(method)
         if op is None:
-            return self._json([("error", 7), ("description", f"unknown method {method}")], 404)
-        try:
-            body = await self.read_body(request)
-            params = self.parse_form(body)
-            self.verify(params)
-            p = _Params(params)
-            self._check_provider(p)
-            reply = await op(request, p)
-        except ClientDisconnected:
-            raise
-        except e.GatewayError as exc:
-            reply = self._error(self.error_code(exc))
-        except _Answer as answer:
-            reply = self._error(answer.code)
-        except Exception as exc:
-            reply = self._error(self.error_code(answer_for(exc, f"pragmatic {method}", log)))
-        return self._json(reply)
+            return self.render({"error": 7, "description": f"unknown method {method}"}, 404)
+        return await self.handle(request, op)
 
-    @staticmethod
-    def _json(reply: Reply, status: int = 200) -> web.Response:
-        return web.Response(body=dumps(reply), status=status, content_type="application/json")
+    # --- the hooks of ``Adapter.handle`` --------------------------------------------------------------
+    def decode(self, request: web.Request, raw: bytes, echo: Echo) -> _Params:
+        params = self.parse_form(raw)
+        self.verify(params)
+        p = _Params(params)
+        self._check_provider(p)
+        return p
+
+    def render(self, reply: Reply, status: int = 200) -> web.Response:
+        return web.Response(body=orjson.dumps(reply), status=status, content_type="application/json")
+
+    def render_error(self, exc: e.GatewayError, echo: Echo) -> web.Response:
+        return self.render(self._error(self.error_code(exc)))
+
+    def own_answer(self, exc: Exception, echo: Echo) -> web.Response | None:
+        return self.render(self._error(exc.code)) if isinstance(exc, _Answer) else None
 
     @staticmethod
     def _error(code: int) -> Reply:
-        return [("error", code), ("description", DESCRIPTIONS.get(code, "Error"))]
+        return {"error": code, "description": DESCRIPTIONS.get(code, "Error")}
 
     def _check_provider(self, p: _Params) -> None:
         given = p.text("providerId", 100)
@@ -284,12 +275,12 @@ class PragmaticAdapter(Adapter):
 
     @staticmethod
     def _money(result: Result) -> Reply:
-        return [("currency", result.currency), ("cash", cash(result.balance, result.currency)),
-                ("bonus", cash(0, result.currency))]
+        return {"currency": result.currency, "cash": cash(result.balance, result.currency),
+                "bonus": cash(0, result.currency)}
 
     @staticmethod
     def _done(reply: Reply) -> Reply:
-        return [*reply, ("error", OK), ("description", DESCRIPTIONS[OK])]
+        return {**reply, "error": OK, "description": DESCRIPTIONS[OK]}
 
     async def _settlement(self, p: _Params, user: str) -> PlayerSession:
         return await flow.settlement_session(self, p.opt_text("token", 200), user)
@@ -302,7 +293,7 @@ class PragmaticAdapter(Adapter):
         return await self._run(cmd, self.CREDIT_OVERRIDES)
 
     def _credited(self, result: Result, txn: Result | None = None) -> Reply:
-        return self._done([("transactionId", (txn or result).ledger_tx), *self._money(result)])
+        return self._done({"transactionId": (txn or result).ledger_tx, **self._money(result)})
 
     # --- methods -----------------------------------------------------------------------------------
     async def _authenticate(self, request: web.Request, p: _Params) -> Reply:
@@ -318,20 +309,20 @@ class PragmaticAdapter(Adapter):
             except e.InvalidToken:
                 raise first from None
         balance = await self.wallet.balance(session)
-        reply: Reply = [("userId", session.player_id), ("currency", session.currency),
-                        ("cash", cash(balance, session.currency)), ("bonus", cash(0, session.currency)),
-                        ("token", session.token)]
+        reply: Reply = {"userId": session.player_id, "currency": session.currency,
+                        "cash": cash(balance, session.currency), "bonus": cash(0, session.currency),
+                        "token": session.token}
         if session.country:
-            reply.append(("country", session.country))
+            reply["country"] = session.country
         if session.license:
-            reply.append(("jurisdiction", session.license))
+            reply["jurisdiction"] = session.license
         return self._done(reply)
 
     async def _balance(self, request: web.Request, p: _Params) -> Reply:
         session = await self._settlement(p, p.text("userId"))
         balance = await self.wallet.balance(session)
-        return self._done([("currency", session.currency), ("cash", cash(balance, session.currency)),
-                           ("bonus", cash(0, session.currency))])
+        return self._done({"currency": session.currency, "cash": cash(balance, session.currency),
+                           "bonus": cash(0, session.currency)})
 
     async def _bet(self, request: web.Request, p: _Params) -> Reply:
         user, game, round_id = p.text("userId"), p.text("gameId", 32), p.digits("roundId")
@@ -354,8 +345,8 @@ class PragmaticAdapter(Adapter):
                          free_round=bool(bonus_code), game_id=game,
                          traceparent=request.headers.get("traceparent"))
         result = await self._run(cmd)
-        return self._done([("transactionId", result.ledger_tx), *self._money(result),
-                           ("usedPromo", cash(0, result.currency))])
+        return self._done({"transactionId": result.ledger_tx, **self._money(result),
+                           "usedPromo": cash(0, result.currency)})
 
     async def _result(self, request: web.Request, p: _Params) -> Reply:
         user, game, round_id = p.text("userId"), p.text("gameId", 32), p.digits("roundId")
@@ -428,7 +419,7 @@ class PragmaticAdapter(Adapter):
                          round_id=round_id or f"refund:{ref}", game_id=game,
                          traceparent=request.headers.get("traceparent"))
         result = await self._run(cmd)
-        return self._done([("transactionId", result.ledger_tx)])
+        return self._done({"transactionId": result.ledger_tx})
 
     async def _end_round(self, request: web.Request, p: _Params) -> Reply:
         user, game, round_id = p.text("userId"), p.text("gameId", 32), p.digits("roundId")
@@ -437,7 +428,7 @@ class PragmaticAdapter(Adapter):
         cmd = flow.build(self, session, Kind.END_ROUND, tx_id=f"endRound:{round_id}", round_id=round_id,
                          round_closed=True, game_id=game, traceparent=request.headers.get("traceparent"))
         result = await self._run(cmd, self.END_ROUND_OVERRIDES)
-        return self._done([("cash", cash(result.balance, result.currency)), ("bonus", cash(0, result.currency))])
+        return self._done({"cash": cash(result.balance, result.currency), "bonus": cash(0, result.currency)})
 
     async def _adjustment(self, request: web.Request, p: _Params) -> Reply:
         user, game, round_id = p.text("userId"), p.text("gameId", 32), p.digits("roundId")
@@ -458,132 +449,3 @@ class PragmaticAdapter(Adapter):
                                         amount=amount, credit_type="adjustment", game_id=game)
         return self._credited(result)
 
-
-class PragmaticClient:
-    """Pragmatic's side: hashed form posts as Pragmatic sends them (for tests and load generation).
-
-    Amounts are given in minor units and sent as decimal strings. Each method returns a ``Call``;
-    ``clock`` gives the ``timestamp`` in ms (injected for deterministic tests).
-    """
-
-    def __init__(self, secret: str, *, provider_id: str = "PragmaticPlay", base_path: str = "",
-                 game_id: str = "vs20doghouse", clock: Callable[[], int] | None = None) -> None:
-        self.secret = secret
-        self.provider_id = provider_id
-        self.base_path = base_path.rstrip("/")
-        self.game_id = game_id
-        self.clock = clock or (lambda: time.time_ns() // 1_000_000)
-
-    @staticmethod
-    def new_reference() -> str:
-        return secrets.token_hex(16)
-
-    @staticmethod
-    def new_round() -> str:
-        return str(secrets.randbelow(10**15) + 10**14)
-
-    def signed(self, method: str, params: Mapping[str, str]) -> Call:
-        """A call of ``method`` with ``params`` (plus providerId unless given) and their hash."""
-        full = {"providerId": self.provider_id, **params}
-        full["hash"] = sign(full, self.secret)
-        body = urllib.parse.urlencode(full).encode()
-        return Call(f"{self.base_path}/{method}.html",
-                    {"Content-Type": "application/x-www-form-urlencoded"}, body)
-
-    def _ts(self) -> str:
-        return str(self.clock())
-
-    def authenticate(self, token: str) -> Call:
-        return self.signed("authenticate", {"token": token, "gameId": self.game_id})
-
-    def balance(self, user_id: str, *, token: str | None = None) -> Call:
-        return self.signed("balance", {"userId": user_id, **({"token": token} if token else {})})
-
-    def _play(self, user_id: str, *, token: str | None, round_id: str, amount: int, currency: str,
-              reference: str, bonus_code: str | None) -> dict[str, str]:
-        params = {"userId": user_id, "gameId": self.game_id, "roundId": round_id,
-                  "amount": format_minor(amount, currency), "reference": reference,
-                  "timestamp": self._ts(), "roundDetails": "spin", "platform": "WEB"}
-        if token:
-            params["token"] = token
-        if bonus_code:
-            params["bonusCode"] = bonus_code
-        return params
-
-    def bet(self, user_id: str, *, token: str | None, round_id: str, amount: int, currency: str,
-            reference: str | None = None, bonus_code: str | None = None) -> Call:
-        return self.signed("bet", self._play(user_id, token=token, round_id=round_id, amount=amount,
-                                             currency=currency, reference=reference or self.new_reference(),
-                                             bonus_code=bonus_code))
-
-    def result(self, user_id: str, *, token: str | None, round_id: str, amount: int, currency: str,
-               reference: str | None = None, bonus_code: str | None = None,
-               promo_win: int | None = None) -> Call:
-        params = self._play(user_id, token=token, round_id=round_id, amount=amount, currency=currency,
-                            reference=reference or self.new_reference(), bonus_code=bonus_code)
-        if promo_win is not None:
-            params |= {"promoWinAmount": format_minor(promo_win, currency),
-                       "promoWinReference": self.new_reference(), "promoCampaignID": "1",
-                       "promoCampaignType": "T"}
-        return self.signed("result", params)
-
-    def refund(self, user_id: str, *, reference: str, token: str | None = None,
-               round_id: str | None = None) -> Call:
-        params = {"userId": user_id, "reference": reference, "gameId": self.game_id,
-                  "timestamp": self._ts()}
-        if round_id:
-            params["roundId"] = round_id
-        if token:
-            params["token"] = token
-        return self.signed("refund", params)
-
-    def end_round(self, user_id: str, *, round_id: str, token: str | None = None) -> Call:
-        params = {"userId": user_id, "gameId": self.game_id, "roundId": round_id, "roundDetails": "end"}
-        if token:
-            params["token"] = token
-        return self.signed("endRound", params)
-
-    def bonus_win(self, user_id: str, *, amount: int, currency: str, bonus_code: str,
-                  reference: str | None = None, token: str | None = None) -> Call:
-        params = {"userId": user_id, "amount": format_minor(amount, currency),
-                  "reference": reference or self.new_reference(), "timestamp": self._ts(),
-                  "bonusCode": bonus_code}
-        if token:
-            params["token"] = token
-        return self.signed("bonusWin", params)
-
-    def jackpot_win(self, user_id: str, *, round_id: str, amount: int, currency: str,
-                    reference: str | None = None, jackpot_id: str = "jp1") -> Call:
-        return self.signed("jackpotWin", {
-            "userId": user_id, "gameId": self.game_id, "roundId": round_id, "jackpotId": jackpot_id,
-            "amount": format_minor(amount, currency), "reference": reference or self.new_reference(),
-            "timestamp": self._ts(),
-        })
-
-    def promo_win(self, user_id: str, *, amount: int, currency: str, campaign_id: str = "1",
-                  campaign_type: str = "T", reference: str | None = None) -> Call:
-        return self.signed("promoWin", {
-            "userId": user_id, "campaignId": campaign_id, "campaignType": campaign_type,
-            "amount": format_minor(amount, currency), "currency": currency,
-            "reference": reference or self.new_reference(), "timestamp": self._ts(),
-        })
-
-    def adjustment(self, user_id: str, *, round_id: str, amount: int, currency: str,
-                   reference: str | None = None, token: str | None = None) -> Call:
-        """``amount`` is signed: negative takes money from the player."""
-        params = {"userId": user_id, "gameId": self.game_id, "roundId": round_id,
-                  "amount": format_minor(amount, currency), "reference": reference or self.new_reference(),
-                  "validBetAmount": format_minor(abs(amount), currency), "timestamp": self._ts()}
-        if token:
-            params["token"] = token
-        return self.signed("adjustment", params)
-
-    def round(self, user_id: str, token: str, *, currency: str, bet: int, win: int,
-              round_id: str | None = None) -> list[Call]:
-        """A bet, its result (``win`` may be 0: a loss) and the round's end."""
-        rid = round_id or self.new_round()
-        return [
-            self.bet(user_id, token=token, round_id=rid, amount=bet, currency=currency),
-            self.result(user_id, token=token, round_id=rid, amount=win, currency=currency),
-            self.end_round(user_id, round_id=rid, token=token),
-        ]

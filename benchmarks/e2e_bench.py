@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from adapters.native import NativeClient
+from adapters.sim.native import NativeClient
 from gateway.embedded import free_port
 
 

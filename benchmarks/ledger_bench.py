@@ -23,10 +23,10 @@ from pathlib import Path
 import nats
 import orjson
 
+from core.commands import Command, Kind
+from core.settings import Settings
 from gateway import embedded
-from gateway.settings import Settings
 from ledger import transport
-from ledger.commands import Command, Kind
 from ledger.migrate import migrate_all
 from ledger.sharding import connect
 from ledger.writer import BatchApplier, ShardWriter

@@ -33,7 +33,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from adapters.native import NativeClient
+from adapters.sim.native import NativeClient
 from benchmarks.e2e_bench import percentile, wait_for
 from gateway.embedded import free_port
 

@@ -19,13 +19,15 @@ from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from adapters.base import ProviderConfig
-from gateway import errors as E
+from core import errors as E
+from core.http import ClientDisconnected, Handler, error_response, json_response
+from core.records import ProviderConfig
+from core.settings import SETTINGS_KEY, Settings
+from core.unexpected import answer_for
 from gateway import ws
 from gateway.degradation import Degradation
 from gateway.guards import Guards
 from gateway.health import healthz, readyz
-from gateway.http import ClientDisconnected, Handler, error_response, json_response
 from gateway.ledger_client import LedgerClient
 from gateway.metrics import EXPORTER_KEY, Exporter, metrics_handler, metrics_middleware
 from gateway.monitor import Monitor
@@ -33,14 +35,14 @@ from gateway.operator_api import routes as operator_routes
 from gateway.providers import adapter_class
 from gateway.quota import RedisQuota
 from gateway.sessions import SessionStore
-from gateway.settings import SETTINGS_KEY, Settings
 from gateway.state import STATE_KEY, GatewayState
-from gateway.unexpected import answer_for
-from gateway.wallet import Wallet
+from gateway.wallet import LazyWallet, Wallet
 from ledger import transport
 from ledger.sharding import pools_for
 
 log = logging.getLogger(__name__)
+#: the wallet every mounted adapter is given, bound to the real one at start-up
+WALLET_KEY = web.AppKey("wallet", LazyWallet)
 
 
 @web.middleware
@@ -72,6 +74,7 @@ def create_app(settings: Settings, providers: list[ProviderConfig]) -> web.Appli
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[metrics_middleware, error_middleware])
     app[SETTINGS_KEY] = settings
+    app[WALLET_KEY] = LazyWallet()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
@@ -106,6 +109,7 @@ def _lifecycle(settings: Settings, providers: list[ProviderConfig]):  # type: ig
         state = GatewayState(settings, {p.id: p for p in providers}, nc, rds, pools, ledger, wallet, guards,
                              degradation, started_ms=int(time.time() * 1000))
         app[STATE_KEY] = state
+        app[WALLET_KEY].bind(wallet)
         monitor = Monitor(state)
         monitor_task = asyncio.create_task(monitor.run(), name="gateway-monitor")
         exporter = app[EXPORTER_KEY] = Exporter(state)
@@ -134,20 +138,9 @@ def mount_providers(app: web.Application, providers: list[ProviderConfig]) -> No
         if not cfg.enabled:
             continue
         sub = web.Application(client_max_size=app._client_max_size)
-        proxy = _WalletProxy(app)
-        adapter = adapter_class(cfg.protocol)(cfg, proxy)
+        adapter = adapter_class(cfg.protocol)(cfg, app[WALLET_KEY])
         sub.add_routes(adapter.routes())
         app.add_subapp(f"/v1/providers/{cfg.id}", sub)
-
-
-class _WalletProxy:
-    """Resolves the wallet lazily: adapters are built before start-up creates it."""
-
-    def __init__(self, app: web.Application) -> None:
-        self._app = app
-
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-        return getattr(self._app[STATE_KEY].wallet, name)
 
 
 def build_app(settings: Settings, providers: list[ProviderConfig]) -> web.Application:

@@ -16,8 +16,8 @@ import sys
 import tempfile
 import time
 
+from core.settings import Settings, SettingsError
 from gateway.processes import StopRequested, stop_children
-from gateway.settings import Settings, SettingsError
 
 
 def _settings() -> Settings:
@@ -29,7 +29,7 @@ def _settings() -> Settings:
 
 
 def _logging(settings: Settings) -> None:
-    from gateway.logs import configure
+    from core.logs import configure
 
     configure(settings.log_level, settings.log_format)
 
@@ -75,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     _install_uvloop()
-    from gateway import otel
+    from core import otel
 
     otel.configure(settings.otel_endpoint, "game-gateway")
     sock = socket.socket(socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET, socket.SOCK_STREAM)
@@ -117,7 +117,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
     shards = parse_shard_range(args.shards, settings.shards)
     _install_uvloop()
-    from gateway import otel
+    from core import otel
 
     otel.configure(settings.otel_endpoint, "game-gateway-ledger")
 

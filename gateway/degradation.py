@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 
-from gateway.errors import BadInput, BetsPaused, NoNewSessions
+from core.errors import BadInput, BetsPaused, NoNewSessions
 
 log = logging.getLogger(__name__)
 

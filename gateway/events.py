@@ -17,7 +17,7 @@ import nats
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from gateway.settings import Settings
+from core.settings import Settings
 from ledger import transport
 from ledger.rules import subject_token
 

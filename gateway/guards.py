@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from adapters.base import ProviderConfig
-from gateway.errors import RateLimited
-from gateway.settings import Settings
+from core.errors import RateLimited
+from core.records import ProviderConfig
+from core.settings import Settings
 from hotpath.ratelimit import RateLimiter
 
 PLAYER, ROUND, PROVIDER, BRAND = 1, 2, 3, 4

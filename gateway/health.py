@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.http import json_response
+from core.http import json_response
 from gateway.state import STATE_KEY, GatewayState
 from ledger import transport
 

@@ -33,15 +33,15 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from gateway import logs
-from gateway.errors import LedgerTimeout, MalformedBody, Overloaded
-from gateway.settings import Settings
+from core import logs
+from core.commands import Command, Kind, Result
+from core.errors import LedgerTimeout, MalformedBody, Overloaded
+from core.settings import Settings
 from hotpath.backpressure import LANE_BET, LANE_SETTLE, ShardQueue
 from hotpath.batcher import Batch, Batcher, PayloadTooLarge
 from hotpath.shard import shard_for
 from ledger import transport
 from ledger.backoff import Backoff
-from ledger.commands import Command, Kind, Result
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from core.http import REJECTED, TIMEOUTS, ClientDisconnected, Handler
 from gateway import counters
 from gateway.degradation import MODES
-from gateway.http import REJECTED, TIMEOUTS, ClientDisconnected, Handler
 from gateway.state import GatewayState
 
 log = logging.getLogger(__name__)

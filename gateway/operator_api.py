@@ -16,15 +16,15 @@ from typing import Any
 
 from aiohttp import web
 
-from adapters.base import PlayerSession
-from gateway import errors as E
+from core import errors as E
+from core.commands import Kind, Result
+from core.http import Handler, error_response, field, header_bytes, json_response, query_field, read_json
+from core.money import exponent, format_minor, to_minor
+from core.records import PlayerSession
+from core.settings import SETTINGS_KEY
 from gateway.degradation import scope_name
-from gateway.http import Handler, error_response, field, header_bytes, json_response, query_field, read_json
-from gateway.money import exponent, format_minor, to_minor
 from gateway.providers import adapter_class
-from gateway.settings import SETTINGS_KEY
 from gateway.state import STATE_KEY
-from ledger.commands import Kind, Result
 from ledger.rules import MONEY_LIMITS
 
 OPERATOR_PROVIDER = "operator"
@@ -72,7 +72,7 @@ def _player(body: dict[str, Any], provider_id: str = OPERATOR_PROVIDER, *,
 def _raise_unless_applied(result: Result) -> None:
     """A retry (same key, same request) answers like the original; anything else not applied is an error."""
     err = E.error_for(result)
-    if err is not None and (not isinstance(err, E.Duplicate) or isinstance(err, E.IdempotencyConflict)):
+    if err is not None and not isinstance(err, E.Duplicate):
         raise err
 
 
@@ -219,29 +219,3 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/admin/degradation", get_degradation),
         web.put("/v1/admin/degradation", set_degradation),
     ]
-
-
-def format_limits(rows: list[Any], currency: str | None, now_ms: int) -> dict[str, Any]:
-    """The limits that hold for ``currency``: its own money limits (else one set before limits had a
-    currency, which still applies to it) and the currency-independent ones; ``None``: only the latter."""
-    chosen: dict[str, Any] = {}
-    for r in rows:
-        money = r["key"] in MONEY_LIMITS
-        if money and (currency is None or r["currency"] not in (currency, "")):
-            continue
-        if not money and r["currency"] != "":
-            continue
-        if r["key"] not in chosen or r["currency"]:  # a currency's own row over the legacy one
-            chosen[r["key"]] = r
-    out: dict[str, Any] = {}
-    for key in sorted(chosen):
-        r = chosen[key]
-        value, pending = r["value"], r["pending_value"]
-        effective = pending if r["pending_set"] and now_ms >= (r["pending_from_ms"] or 0) else value
-        fmt = (lambda v: None if v is None else format_minor(v, currency or "")) if r["key"] in MONEY_LIMITS else (
-            lambda v: v)
-        entry: dict[str, Any] = {"value": fmt(effective)}
-        if r["pending_set"] and now_ms < (r["pending_from_ms"] or 0):
-            entry["pending"] = {"value": fmt(pending), "from_ms": r["pending_from_ms"]}
-        out[r["key"]] = entry
-    return out

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from adapters.base import ProviderConfig
+from core.records import ProviderConfig
 
 PROTOCOLS = ("native", "hub88", "pragmatic", "evolution")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

@@ -14,7 +14,7 @@ import time
 import redis.asyncio as redis
 from redis.exceptions import NoScriptError, RedisError
 
-from gateway.errors import RateLimited
+from core.errors import RateLimited
 
 log = logging.getLogger(__name__)
 

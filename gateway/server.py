@@ -9,7 +9,7 @@ to hold one open by sending slowly or not at all:
 - headers (``GATEWAY_HTTP_HEADER_TIMEOUT_S``): from a request's first byte until its headers are
   complete (a "slowloris" trickling header bytes); aiohttp has no such deadline, so ``GatewayRequestHandler``
   adds it;
-- body (``GATEWAY_HTTP_BODY_TIMEOUT_S``): enforced where bodies are read (``gateway.http.read_body``),
+- body (``GATEWAY_HTTP_BODY_TIMEOUT_S``): enforced where bodies are read (``core.http.read_body``),
   so the caller gets its protocol's retryable answer.
 
 A request that is not even valid HTTP (a control byte in a header, a bad request line, a body that
@@ -31,8 +31,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
-from gateway.http import REJECTED, TIMEOUTS
-from gateway.settings import Settings
+from core.http import REJECTED, TIMEOUTS
+from core.settings import Settings
 
 
 class GatewayRequestHandler(RequestHandler):

@@ -19,10 +19,10 @@ from typing import TypeVar
 import orjson
 import redis.asyncio as redis
 
-from adapters.base import PlayerSession
+from core.errors import AmbiguousPlayer, InvalidToken, TokenExpired, UnknownPlayer
+from core.records import PlayerSession
+from core.settings import Settings
 from gateway.cache import SingleFlightCache
-from gateway.errors import AmbiguousPlayer, InvalidToken, TokenExpired, UnknownPlayer
-from gateway.settings import Settings
 
 SETTLEMENT_GRACE_S = 7 * 24 * 3600
 PROFILE_TTL_S = 400 * 24 * 3600

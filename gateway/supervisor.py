@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Protocol
 from gateway.processes import exit_text, kill_group, stop_children
 
 if TYPE_CHECKING:
+    from core.settings import Settings
     from gateway.embedded import EmbeddedServer, EmbeddedStack
-    from gateway.settings import Settings
 
 POLL_S = 0.2
 

@@ -20,11 +20,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from core.records import ProviderConfig
+from core.settings import Settings
 from gateway.processes import StopRequested
-from gateway.settings import Settings
 from gateway.supervisor import Backoff, Child, Server, Supervisor, supervise
-
-DEMO_PROVIDER = "demo"
+from gateway.walkthrough import DEMO_PROVIDER, walkthrough
 
 
 def _dev_file(path: Path, make: str) -> str:
@@ -49,36 +49,6 @@ def dev_defaults(settings: Settings, data: Path) -> Settings:
             f'[[providers]]\nid = "{DEMO_PROVIDER}"\nprotocol = "native"\nsecret_file = "demo.secret"\n')
         changes["providers_file"] = str(path)
     return settings.replace(**changes) if changes else settings
-
-
-def walkthrough(settings: Settings, base: str) -> str:
-    op_key = next((k for k, r in settings.api_key_roles.items() if r == "operator"), "<operator key>")
-    secret_note = f"$(cat {Path(settings.data_dir) / 'demo.secret'})"
-    return f"""
-Try it (bash; needs curl and openssl):
-
-  KEY={op_key}
-  SECRET={secret_note}
-  sign() {{ printf '%s' "$1" | openssl dgst -sha256 -hmac "$SECRET" | sed 's/^.*= //'; }}
-  P='"tenant_id":"t1","brand_id":"b1","license":"MGA","player_id":"alice","currency":"EUR"'
-  # 1. deposit 100.00 EUR (operator API, with an idempotency key)
-  curl -s -H "Authorization: Bearer $KEY" {base}/v1/wallet/deposit \\
-    -d "{{$P,\\"amount\\":\\"100.00\\",\\"idempotency_key\\":\\"dep-1\\"}}"; echo
-  # 2. launch a game session for alice at the demo provider
-  LT=$(curl -s -H "Authorization: Bearer $KEY" {base}/v1/sessions -d "{{$P,\\"provider_id\\":\\"{DEMO_PROVIDER}\\"}}" \\
-    | sed 's/.*"launch_token":"\\([^"]*\\)".*/\\1/')
-  # 3. the provider exchanges the launch token for a session (every provider call is signed)
-  B="{{\\"launch_token\\":\\"$LT\\"}}"
-  ST=$(curl -s -H "X-Signature: $(sign "$B")" {base}/v1/providers/{DEMO_PROVIDER}/authenticate -d "$B" \\
-    | sed 's/.*"session_token":"\\([^"]*\\)".*/\\1/')
-  # 4. bet 1.50, then win 4.00 on round r1
-  B="{{\\"session_token\\":\\"$ST\\",\\"transaction_id\\":\\"bet-1\\",\\"round_id\\":\\"r1\\",\\"amount\\":\\"1.50\\",\\"currency\\":\\"EUR\\"}}"
-  curl -s -H "X-Signature: $(sign "$B")" {base}/v1/providers/{DEMO_PROVIDER}/bet -d "$B"; echo
-  B="{{\\"session_token\\":\\"$ST\\",\\"transaction_id\\":\\"win-1\\",\\"round_id\\":\\"r1\\",\\"amount\\":\\"4.00\\",\\"currency\\":\\"EUR\\",\\"bet_transaction_id\\":\\"bet-1\\"}}"
-  curl -s -H "X-Signature: $(sign "$B")" {base}/v1/providers/{DEMO_PROVIDER}/win -d "$B"; echo
-  # 5. the balance (operator API): 102.50
-  curl -s -H "Authorization: Bearer $KEY" "{base}/v1/wallet/balance?brand_id=b1&player_id=alice&currency=EUR"; echo
-"""
 
 
 def run_up(settings: Settings, *, workers: int = 0) -> int:
@@ -151,8 +121,17 @@ class _Banner:
         print(f"  admin API key      {next(k for k, r in settings.api_key_roles.items() if r == 'admin')}")
         print(f"  providers file     {settings.providers_file}")
         print(f"  OpenAPI            {base}/openapi.json    readiness {base}/readyz")
-        print(walkthrough(settings, base))
+        print(walkthrough(settings, base, _providers(settings)))
         print("Dead children and embedded servers are restarted. Ctrl-C stops everything.", flush=True)
+
+
+def _providers(settings: Settings) -> list[ProviderConfig]:
+    from gateway.providers import ProviderConfigError, load_providers
+
+    try:
+        return load_providers(settings.providers_file) if settings.providers_file else []
+    except ProviderConfigError:
+        return []  # the gateway child has refused it already, with the reason
 
 
 def _ready(base: str) -> bool:

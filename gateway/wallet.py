@@ -20,16 +20,17 @@ from typing import Any
 
 import asyncpg
 
-from adapters.base import PlayerSession
-from gateway import counters, logs, otel
+from core import logs, otel
+from core.commands import Command, InvalidCommand, Kind, Result, Status
+from core.errors import BadInput, InvalidAmount, Retryable
+from core.money import format_minor
+from core.records import PlayerSession
+from gateway import counters
 from gateway.degradation import Degradation
-from gateway.errors import BadInput, InvalidAmount, Retryable
 from gateway.guards import Guards
 from gateway.ledger_client import LedgerClient
-from gateway.money import format_minor
 from gateway.quota import RedisQuota
 from gateway.sessions import SessionStore
-from ledger.commands import Command, InvalidCommand, Kind, Result, Status
 
 _BALANCE_SQL = """SELECT b.balance FROM accounts a JOIN balances b USING (account_id)
                    WHERE a.kind = 'player' AND a.brand_id = $1 AND a.player_id = $2 AND a.currency = $3"""
@@ -49,6 +50,28 @@ def valid_traceparent(value: str | None) -> str:
     if value and len(value) == 55 and _TRACEPARENT.fullmatch(value):
         return value
     return new_traceparent()
+
+
+def new_command(session: PlayerSession, kind: Kind, *, tx_id: str, round_id: str, amount: int = 0,
+                traceparent: str | None = None, **extra: Any) -> Command:
+    """A complete, validated command for ``session``'s player.
+
+    The one place an ``InvalidCommand`` becomes the caller's ``BadInput``, for every wallet (this one and
+    the adapter tests' in-memory one), so a protocol answers an invalid command alike whichever it runs on.
+    """
+    cmd = Command(
+        cmd_id=uuid.uuid4().hex, kind=kind, tenant_id=session.tenant_id, brand_id=session.brand_id,
+        license=session.license, player_id=session.player_id, currency=session.currency,
+        provider_id=session.provider_id, tx_id=tx_id, round_id=round_id,
+        traceparent=valid_traceparent(traceparent), amount=amount,
+        session_started_ms=session.started_ms if kind is Kind.BET else 0,
+        game_id=extra.pop("game_id", "") or "", **extra,
+    )
+    try:
+        cmd.validate()
+    except InvalidCommand as exc:
+        raise BadInput(str(exc)) from None
+    return cmd
 
 
 class Wallet:
@@ -93,18 +116,8 @@ class Wallet:
 
     def command(self, session: PlayerSession, kind: Kind, *, tx_id: str, round_id: str, amount: int = 0,
                 traceparent: str | None = None, **extra: Any) -> Command:
-        cmd = Command(
-            cmd_id=uuid.uuid4().hex, kind=kind, tenant_id=session.tenant_id, brand_id=session.brand_id,
-            license=session.license, player_id=session.player_id, currency=session.currency,
-            provider_id=session.provider_id, tx_id=tx_id, round_id=round_id,
-            traceparent=valid_traceparent(traceparent), amount=amount,
-            session_started_ms=session.started_ms if kind is Kind.BET else 0,
-            game_id=extra.pop("game_id", "") or "", **extra,
-        )
-        try:
-            cmd.validate()
-        except InvalidCommand as exc:
-            raise BadInput(str(exc)) from None
+        cmd = new_command(session, kind, tx_id=tx_id, round_id=round_id, amount=amount,
+                          traceparent=traceparent, **extra)
         logs.bind(logs.trace_id_of(cmd.traceparent), cmd.brand_id, cmd.provider_id,
                   self.ledger.shard_of(cmd.player_id))
         ceiling = self.max_amounts.get(cmd.currency, 0)
@@ -139,3 +152,43 @@ class Wallet:
 
     def now_ms(self) -> int:
         return int(time.time() * 1000)
+
+
+class LazyWallet:
+    """The ``WalletPort`` adapters are built with: providers are mounted before start-up creates the
+    ``Wallet``, which ``bind`` then hands over. A call before that is a defect and fails loudly."""
+
+    def __init__(self) -> None:
+        self._wallet: Wallet | None = None
+
+    def bind(self, wallet: Wallet) -> None:
+        self._wallet = wallet
+
+    @property
+    def wallet(self) -> Wallet:
+        if self._wallet is None:
+            raise RuntimeError("the wallet is used before the gateway has started")
+        return self._wallet
+
+    async def open_session(self, provider_id: str, launch_token: str) -> PlayerSession:
+        return await self.wallet.open_session(provider_id, launch_token)
+
+    async def session(self, provider_id: str, token: str, *, allow_expired: bool = False) -> PlayerSession:
+        return await self.wallet.session(provider_id, token, allow_expired=allow_expired)
+
+    async def rotate_session(self, session: PlayerSession) -> PlayerSession:
+        return await self.wallet.rotate_session(session)
+
+    async def profile(self, provider_id: str, player_id: str, brands: Sequence[str] = ()) -> PlayerSession:
+        return await self.wallet.profile(provider_id, player_id, brands)
+
+    async def balance(self, session: PlayerSession) -> int:
+        return await self.wallet.balance(session)
+
+    def command(self, session: PlayerSession, kind: Kind, *, tx_id: str, round_id: str, amount: int = 0,
+                traceparent: str | None = None, **extra: Any) -> Command:
+        return self.wallet.command(session, kind, tx_id=tx_id, round_id=round_id, amount=amount,
+                                   traceparent=traceparent, **extra)
+
+    async def execute(self, command: Command) -> Result:
+        return await self.wallet.execute(command)

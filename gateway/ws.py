@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import orjson
 from aiohttp import WSMsgType, web
 
-from gateway import errors as E
+from core import errors as E
 from gateway.state import STATE_KEY, GatewayState
 from gateway.ws_hub import CLOSE_SESSION_TIME, Conn, Hub, mode_for
 

@@ -35,9 +35,9 @@ from aiohttp import web
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from adapters.base import PlayerSession
+from core.records import PlayerSession
+from core.settings import Settings
 from gateway.degradation import BETS_PAUSED, NO_NEW_SESSIONS, NORMAL, Degradation
-from gateway.settings import Settings
 from gateway.state import GatewayState
 from ledger import transport
 from ledger.rules import subject_token

@@ -9,15 +9,37 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from ledger.writer import ShardWriter
+
+class _Relay(Protocol):
+    @property
+    def published(self) -> int: ...
+
+
+class ShardWriter(Protocol):
+    """What a scrape reads of a shard writer (``ledger.writer.ShardWriter``), without importing it."""
+
+    @property
+    def shard(self) -> int: ...
+    @property
+    def applied(self) -> int: ...
+    @property
+    def batches(self) -> int: ...
+    @property
+    def apply_seconds(self) -> float: ...
+    @property
+    def active(self) -> bool: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def relay(self) -> _Relay | None: ...
+
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

@@ -24,7 +24,7 @@ import nats.js.errors
 import orjson
 from nats.js import JetStreamContext
 
-from gateway.settings import Settings
+from core.settings import Settings
 from ledger import transport
 from ledger.backoff import Backoff
 from ledger.sharding import connect, schema_for

@@ -15,8 +15,8 @@ from typing import Any
 
 import asyncpg
 
+from core.commands import INT64_MAX
 from ledger import chain
-from ledger.commands import INT64_MAX
 from ledger.sharding import connect
 
 _APPLIED = ("ok",)

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from ledger.commands import INT64_MAX, Command, Kind, Result, Status
+from core.commands import INT64_MAX, Command, Kind, Result, Status
 
 TxKey = tuple[str, str, str]          # brand, provider, tx id
 AccountKey = tuple[str, str, str, str]  # kind, brand, player ('' for house/cash), currency

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import asyncpg
 import orjson
 
-from ledger.commands import INT64_MAX, Command, Kind, Status
+from core.commands import INT64_MAX, Command, Kind, Status
 from ledger.rules import Account, BatchState, Bet, Limit, Mutations, PriorTx, Round, TxKey, window_starts
 
 _LOAD = "SELECT gw_load_batch($1::jsonb, $2, $3, $4)"

@@ -31,7 +31,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from gateway.settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 

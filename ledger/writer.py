@@ -38,12 +38,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import logs, otel
-from gateway.settings import Settings
+from core import logs, otel
+from core.commands import Command, InvalidCommand, Result, Status
+from core.settings import Settings
 from ledger import chain, store, transport
 from ledger import metrics as ledger_metrics
 from ledger.backoff import Backoff
-from ledger.commands import Command, InvalidCommand, Result, Status
 from ledger.outbox import OutboxRelay
 from ledger.puller import Puller
 from ledger.rules import Engine, utc_day

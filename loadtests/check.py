@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.money import to_minor
+from core.money import to_minor
 from ledger.reconcile import format_reports, reconcile
 from ledger.sharding import connect
 from loadtests.journal import Answer, classify, read_journals

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import orjson
 
-from adapters.flow import Call
+from adapters.sim import Call
 
 
 class Answer(StrEnum):

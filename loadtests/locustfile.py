@@ -36,10 +36,10 @@ import gevent
 import orjson
 from locust import FastHttpUser, between, events, task
 
-from adapters.flow import Call
-from adapters.native import NativeClient
-from adapters.pragmatic import PragmaticClient
-from gateway.money import format_minor
+from adapters.sim import Call
+from adapters.sim.native import NativeClient
+from adapters.sim.pragmatic import PragmaticClient
+from core.money import format_minor
 from loadtests import shapes
 from loadtests.journal import Answer, Journal, Money, classify
 

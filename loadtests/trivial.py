@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from locust import FastHttpUser, constant, task
 
-from adapters.native import NativeClient
+from adapters.sim.native import NativeClient
 
 _CALL = NativeClient("demo", "baseline").bet("s" * 43, "b-ld-baseline-0123456789abcdef", "ld-baseline-0123456789abcdef",
                                              "1.00", "EUR")

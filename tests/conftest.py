@@ -105,7 +105,7 @@ def redis_url(embedded_dir: Path) -> Iterator[str]:
 
 # --- application fixtures (built on the server fixtures above) ---------------------------------------------
 
-from gateway.settings import Settings  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from tests.support import ADMIN_KEY, OPERATOR_KEY, Api, gateway_providers  # noqa: E402
 
 

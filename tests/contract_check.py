@@ -9,7 +9,7 @@ import orjson
 from nats.js.api import DeliverPolicy
 
 from contracts import event_problems
-from gateway.settings import Settings
+from core.settings import Settings
 from ledger import transport
 
 

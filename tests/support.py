@@ -11,9 +11,9 @@ import aiohttp
 import orjson
 import yarl
 
-from adapters.base import ProviderConfig
-from adapters.flow import Call
-from adapters.native import NativeClient
+from adapters.sim import Call
+from adapters.sim.native import NativeClient
+from core.records import ProviderConfig
 
 OPERATOR_KEY = "test-operator-key"
 ADMIN_KEY = "test-admin-key-1"

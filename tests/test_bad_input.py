@@ -16,8 +16,8 @@ import orjson
 import pytest
 
 from adapters.native import SIGNATURE_HEADER, sign
+from core.settings import Settings
 from gateway import embedded
-from gateway.settings import Settings
 from tests.support import (
     DEMO_SECRET,
     EVOLUTION_TOKEN,
@@ -70,8 +70,8 @@ async def _until(check: Any, attempts: int = 200) -> None:
 async def test_bad_bet_fields_are_refused_without_moving_money(api: Api, patch: dict[str, object],
                                                                 code: str) -> None:
     player, token = await api.funded("10.00")
-    body = {"session_token": token, "transaction_id": api.ns + "t", "round_id": api.ns + "r",
-            "amount": "1.00", "currency": "EUR"}
+    body: dict[str, object] = {"session_token": token, "transaction_id": api.ns + "t", "round_id": api.ns + "r",
+                               "amount": "1.00", "currency": "EUR"}
     body.update(patch)
     raw = orjson.dumps({k: v for k, v in body.items() if v is not None})
     status, answer = await api.raw("/v1/providers/demo/bet", raw, signed(raw))

@@ -11,10 +11,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from adapters.base import ProviderConfig
+from core.records import ProviderConfig
+from core.settings import Settings
 from gateway import embedded
 from gateway.quota import RedisQuota
-from gateway.settings import Settings
 from ledger.migrate import migrate_all
 from ledger.writer import run_writers
 from tests.support import ADMIN_KEY, Api

@@ -78,7 +78,7 @@ async def test_tail_filters_by_type_and_stops_by_itself(api: Api, gateway: Any) 
 
 
 def test_tail_arguments() -> None:
-    from gateway.settings import Settings
+    from core.settings import Settings
 
     s = Settings(namespace="ns1")
     assert tail_subject(s, None, None) == "ns1.events.*.*.>"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from contracts import event_problems
-from ledger.commands import Kind, Status
+from core.commands import Kind, Status
 from ledger.rules import Limit
 from tests.test_rules import cmd, engine
 

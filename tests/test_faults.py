@@ -31,8 +31,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.flow import Call
-from adapters.native import NativeClient
+from adapters.sim import Call
+from adapters.sim.native import NativeClient
 from gateway import embedded
 from gateway.embedded import EmbeddedServer, free_port
 from ledger.sharding import connect

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import shutil
 import signal
@@ -18,12 +19,12 @@ import asyncpg
 import nats
 import pytest
 
+from core.commands import Command, Kind, Result, Status
+from core.errors import Retryable
+from core.settings import Settings
 from gateway import embedded
-from gateway.errors import Retryable
 from gateway.ledger_client import LedgerClient
-from gateway.settings import Settings
 from ledger import transport
-from ledger.commands import Command, Kind, Result, Status
 from ledger.migrate import migrate_all
 from ledger.puller import Puller
 from ledger.sharding import connect
@@ -156,7 +157,7 @@ async def test_ledger_heals_after_a_nats_restart(heal_db: Settings, tmp_path: Pa
                 shutil.rmtree(tmp_path / "nats" / "jetstream", ignore_errors=True)
             deadline = time.monotonic() + 40
             # settlements arriving while NATS is down: the provider keeps retrying the same transaction
-            wins = [asyncio.create_task(settle(lambda i=i, t=token: api.win(t, f"w{i}", f"r{i}", "2.50"), deadline))
+            wins = [asyncio.create_task(settle(functools.partial(api.win, token, f"w{i}", f"r{i}", "2.50"), deadline))
                     for i, (_, token) in enumerate(players)]
             await asyncio.sleep(1.0)
             assert not any(w.done() for w in wins)
@@ -165,7 +166,7 @@ async def test_ledger_heals_after_a_nats_restart(heal_db: Settings, tmp_path: Pa
             answers = await asyncio.wait_for(asyncio.gather(*wins), 45)
             assert all(a["balance"] == "101.50" for a in answers), answers
             for i, (_, token) in enumerate(players):  # and new rounds play as before
-                body = await settle(lambda i=i, t=token: api.bet(t, f"b2-{i}", f"r2-{i}", "0.50"), deadline)
+                body = await settle(functools.partial(api.bet, token, f"b2-{i}", f"r2-{i}", "0.50"), deadline)
                 assert body["balance"] == "101.00"
             counts = await count_rows(s, [api.ns + f"{k}{i}" for k in ("b", "w", "b2-") for i in range(6)])
             assert set(counts.values()) == {1}, counts  # every settlement applied exactly once

@@ -5,10 +5,11 @@ Each overlay is rendered by a small kustomize subset below (``resources``, ``nam
 other field fails the build instead of being half-rendered. When ``kubectl`` is installed its
 ``kubectl kustomize`` output is compared with ours, so the subset cannot drift from real kustomize.
 
-Custom resources are validated against the upstream CRDs kept in ``../shared/k8s-crds`` (see its
-README); core resources are checked for what protects money and uptime: one active ledger writer per
+Custom resources are validated against the operators' upstream CRDs, read from the shared data laid
+beside the checkout (``../shared/k8s-crds``; never copied into the project). Core resources are checked
+for what protects money and uptime: one active ledger writer per
 shard, probes and resources on every container, a drain that fits the grace period, settings that
-``gateway.settings.Settings`` accepts, JetStream streams identical to what the processes create.
+``core.settings.Settings`` accepts, JetStream streams identical to what the processes create.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ import pytest
 yaml = pytest.importorskip("yaml")
 jsonschema = pytest.importorskip("jsonschema")
 
-from gateway.settings import Settings, SettingsError  # noqa: E402
+from core.settings import Settings, SettingsError  # noqa: E402
 from ledger.sharding import parse_shard_range  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
-CRD_DIR = Path(__file__).resolve().parents[2] / "shared" / "k8s-crds"
+CRD_DIR = REPO.parent / "shared" / "k8s-crds"
 OVERLAYS = ("dev", "prod")
 SECRETS_TEMPLATE = K8S / "base" / "secrets.example.yaml"
 
@@ -41,7 +42,7 @@ ALLOWED_ENV = {"GATEWAY_" + f.name.upper() for f in dataclasses.fields(Settings)
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
                   "PriorityClass", "StorageClass", "ClusterTriggerAuthentication"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet"}
-#: custom resources whose CRD is not kept in ../shared/k8s-crds; checked by hand below
+#: custom resources whose CRD is not among the shared CRDs; checked by hand below
 NO_OFFLINE_CRD = {("barmancloud.cnpg.io", "ObjectStore")}
 BARMAN_PLUGIN = "barman-cloud.cloudnative-pg.io"
 
@@ -228,7 +229,7 @@ def secret_template() -> dict[str, dict[str, str]]:
 def writer_shards(workload: dict[str, Any]) -> str:
     args = workload["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[0] == "ledger" and "--shards" in args, f"{_rid(workload)}: args {args}"
-    return args[args.index("--shards") + 1]
+    return str(args[args.index("--shards") + 1])
 
 
 def writers(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -326,7 +327,7 @@ def test_no_secret_values_in_the_build(rendered: list[dict[str, Any]]) -> None:
 @pytest.fixture(scope="module")
 def crd_schemas() -> dict[tuple[str, str, str], dict[str, Any]]:
     if not CRD_DIR.is_dir():
-        pytest.skip(f"CRDs for offline validation not found at {CRD_DIR} (see ../shared/k8s-crds/README.md)")
+        pytest.skip(f"CRDs for offline validation not found at {CRD_DIR}")
     schemas = {}
     for path in sorted(CRD_DIR.glob("*.yaml")):
         for crd in _load_yaml_docs(path):

@@ -20,11 +20,11 @@ import nats
 import orjson
 import pytest
 
+from core.commands import Command, Kind, Result
+from core.errors import Retryable
+from core.settings import Settings
 from gateway import embedded
-from gateway.errors import Retryable
 from gateway.ledger_client import LedgerClient
-from gateway.settings import Settings
-from ledger.commands import Command, Kind, Result
 from ledger.migrate import migrate_all
 from ledger.reconcile import reconcile
 from ledger.sharding import connect

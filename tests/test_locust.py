@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.native import NativeClient
-from gateway.settings import Settings
+from adapters.sim.native import NativeClient
+from core.settings import Settings
 from loadtests.check import check
 from loadtests.journal import Answer, Journal, Money, classify, read_journals
 from loadtests.plan import burst_plan

@@ -9,8 +9,8 @@ import logging
 
 import pytest
 
-from gateway import logs
-from gateway.settings import Settings, SettingsError
+from core import logs
+from core.settings import Settings, SettingsError
 
 
 def _record(msg: str, *args: object, exc: bool = False) -> logging.LogRecord:
@@ -41,7 +41,7 @@ async def test_context_does_not_leak_between_tasks() -> None:
     async def request(n: int) -> dict[str, object]:
         logs.bind(f"{n:032x}", "b", "p", n)
         await asyncio.sleep(0)
-        return logs.context()
+        return dict(logs.context())
 
     first, second = await asyncio.gather(asyncio.create_task(request(1)), asyncio.create_task(request(2)))
     assert first["shard"] == 1 and second["shard"] == 2 and logs.context() == {}

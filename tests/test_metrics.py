@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.base import ProviderConfig
+from core.records import ProviderConfig
+from core.settings import Settings
 from gateway import embedded
-from gateway.settings import Settings
 from tests.support import DEMO_SECRET, Api
 
 

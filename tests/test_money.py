@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.errors import InvalidAmount, UnknownCurrency
-from gateway.money import CURRENCY_EXPONENTS, format_minor, to_minor
-from ledger.commands import Command, InvalidCommand, Kind
+from core.commands import Command, InvalidCommand, Kind
+from core.errors import InvalidAmount, UnknownCurrency
+from core.money import CURRENCY_EXPONENTS, format_minor, to_minor
 
 
 @pytest.mark.parametrize(

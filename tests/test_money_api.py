@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any, cast
 
 import orjson
 
@@ -121,7 +122,7 @@ async def test_settlement_on_expired_session_is_accepted_but_bet_is_not(api: Api
     player, token = await api.funded("10.00")
     await api.bet(token, "b-1", "r-1", "1.00")
     key = state.wallet.sessions._k("sess", "demo", token)
-    sess = orjson.loads(await state.redis.get(key))
+    sess = orjson.loads(cast(bytes, await state.redis.get(key)))
     sess["expires_ms"] = 1
     await state.redis.set(key, orjson.dumps(sess))
     await asyncio.sleep(0.1)  # past the 50 ms local cache
@@ -174,7 +175,7 @@ async def test_players_spread_over_all_shards(api: Api, gateway: object) -> None
 
 async def test_responsible_gaming_limits(api: Api) -> None:
     player, token = await api.funded("500.00")
-    async def limits(**values: object) -> tuple[int, dict[str, object]]:
+    async def limits(**values: object) -> tuple[int, dict[str, Any]]:
         return await api.operator("PUT", "/v1/players/limits",
                                   {**player, "idempotency_key": tx(), "limits": values})
 
@@ -214,15 +215,16 @@ async def test_money_limits_are_per_currency(api: Api) -> None:
     assert (await api.deposit(jpy, "100000"))[0] == 200
     jpy_token = await api.session(jpy)
 
-    async def put(body: dict[str, object]) -> tuple[int, dict[str, object]]:
+    async def put(body: dict[str, object]) -> tuple[int, dict[str, Any]]:
         return await api.operator("PUT", "/v1/players/limits", {**body, "idempotency_key": tx()})
 
-    async def get(currency: str | None) -> dict[str, object]:
+    async def get(currency: str | None) -> dict[str, Any]:
         params = {"brand_id": eur["brand_id"], "player_id": eur["player_id"]}
         status, body = await api.operator("GET", "/v1/players/limits",
                                           params={**params, "currency": currency} if currency else params)
         assert status == 200, body
-        return body
+        answer: dict[str, Any] = body
+        return answer
 
     status, limits = await put({**eur, "limits": {"max_stake": "5.00", "loss_day": "20.00"}})
     assert status == 200, limits
@@ -275,7 +277,7 @@ async def test_session_time_limit(api: Api, gateway: object) -> None:
     status, _ = await api.bet(token, "b-1", "r-1", "1.00")
     assert status == 200
     key = state.wallet.sessions._k("sess", "demo", token)
-    sess = orjson.loads(await state.redis.get(key))
+    sess = orjson.loads(cast(bytes, await state.redis.get(key)))
     sess["started_ms"] -= 61_000
     await state.redis.set(key, orjson.dumps(sess))
     await asyncio.sleep(0.1)
@@ -305,7 +307,7 @@ async def test_health_and_readiness(api: Api) -> None:
 
 
 async def test_launch_at_a_provider_without_token_exchange_opens_the_session(api: Api) -> None:
-    from adapters.hub88 import Hub88Client
+    from adapters.sim.hub88 import Hub88Client
     from tests.support import hub88_keys
 
     player, _ = await api.funded("10.00")

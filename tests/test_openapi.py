@@ -4,7 +4,7 @@ Checks, without starting the app: the document is valid OpenAPI 3.1 (``openapi-s
 installed, and always a structural check with jsonschema Draft 2020-12: every schema compiles, every
 ``$ref`` resolves, every embedded example matches its schema); every (method, path) the app registers,
 provider sub-apps included, is documented and nothing else is; the error-code enums follow
-``gateway/errors.py``; and request bodies written here are accepted or refused by the documented schemas.
+``core/errors.py``; and request bodies written here are accepted or refused by the documented schemas.
 """
 
 from __future__ import annotations
@@ -30,12 +30,15 @@ PROVIDER_PREFIX = "/v1/providers/{provider_id}"
 
 @pytest.fixture(scope="module")
 def doc() -> dict[str, Any]:
-    return json.loads(DOC_PATH.read_text(encoding="utf-8"))
+    doc: dict[str, Any] = json.loads(DOC_PATH.read_text(encoding="utf-8"))
+    return doc
 
 
 @pytest.fixture(scope="module")
-def registry(doc: dict[str, Any]) -> Registry:
-    return Registry().with_resource(BASE, Resource.from_contents(doc, default_specification=DRAFT202012))
+def registry(doc: dict[str, Any]) -> Registry[Any]:
+    registry: Registry[Any] = Registry().with_resource(
+        BASE, Resource.from_contents(doc, default_specification=DRAFT202012))
+    return registry
 
 
 def _validator(registry: Registry, pointer: str) -> Draft202012Validator:
@@ -211,9 +214,9 @@ def test_money_rules_are_described(doc: dict[str, Any]) -> None:
 
 
 def _registered_routes() -> set[tuple[str, str]]:
-    from adapters.base import ProviderConfig
+    from core.records import ProviderConfig
+    from core.settings import Settings
     from gateway.app import create_app, mount_providers
-    from gateway.settings import Settings
 
     app = create_app(Settings(), [])
     mount_providers(app, [ProviderConfig(id="demo", protocol="native", secret="x" * 16)])
@@ -247,7 +250,7 @@ def test_every_registered_route_is_documented(doc: dict[str, Any]) -> None:
     assert documented - registered == set(), "documented but not registered"
 
 
-# --- error codes follow gateway/errors.py ----------------------------------------------------------------
+# --- error codes follow core/errors.py ----------------------------------------------------------------
 
 
 def _codes_of(doc: dict[str, Any], response: dict[str, Any]) -> set[str]:
@@ -261,7 +264,7 @@ def _codes_of(doc: dict[str, Any], response: dict[str, Any]) -> set[str]:
 
 def test_error_codes_follow_errors_module(doc: dict[str, Any]) -> None:
     from adapters.native import OK, NativeAdapter
-    from gateway import errors as E
+    from core import errors as E
 
     schemas, responses = doc["components"]["schemas"], doc["components"]["responses"]
     answered_ok = {cls.code for cls, code in NativeAdapter.ERRORS.items() if code == OK}
@@ -283,7 +286,7 @@ def test_error_codes_follow_errors_module(doc: dict[str, Any]) -> None:
 
 
 def test_currencies_match_money_module(doc: dict[str, Any], registry: Registry) -> None:
-    from gateway.money import CURRENCY_EXPONENTS
+    from core.money import CURRENCY_EXPONENTS
 
     currency = _schema_validator(registry, "Currency")
     description = doc["info"]["description"]
@@ -294,7 +297,7 @@ def test_currencies_match_money_module(doc: dict[str, Any], registry: Registry) 
 
 @pytest.mark.parametrize("value", ["0", "1", "1.5", "1.50", "000.10", "92233720368547758.07"])
 def test_documented_amounts_are_accepted_exactly(registry: Registry, value: str) -> None:
-    from gateway.money import to_decimal, to_minor
+    from core.money import to_decimal, to_minor
 
     assert _schema_validator(registry, "Amount").is_valid(value)
     assert to_decimal(to_minor(value, "EUR"), "EUR") == Decimal(value)

@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from adapters.evolution import EvolutionClient
-from adapters.flow import Call
-from adapters.native import NativeClient
-from adapters.pragmatic import PragmaticClient
+from adapters.sim import Call
+from adapters.sim.evolution import EvolutionClient
+from adapters.sim.native import NativeClient
+from adapters.sim.pragmatic import PragmaticClient
 from gateway.embedded import free_port
 from tests.support import DEMO_SECRET, EVOLUTION_TOKEN, OPERATOR_KEY, PRAGMATIC_SECRET, Api
 

@@ -6,7 +6,7 @@ import itertools
 import uuid
 from typing import Any
 
-from ledger.commands import INT64_MAX, Command, Kind, Status
+from core.commands import INT64_MAX, Command, Kind, Status
 from ledger.rules import Account, BatchState, Engine, Limit
 
 NOW = 1_790_000_000_000

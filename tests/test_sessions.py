@@ -10,10 +10,10 @@ import orjson
 import pytest
 import redis.asyncio as redis
 
-from adapters.base import PlayerSession
-from gateway.errors import AmbiguousPlayer, UnknownPlayer
+from core.errors import AmbiguousPlayer, UnknownPlayer
+from core.records import PlayerSession
+from core.settings import Settings
 from gateway.sessions import SessionStore, pick_profile
-from gateway.settings import Settings
 
 
 def test_pick_profile() -> None:

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 
-from gateway.settings import Settings, SettingsError
+from core.settings import _DERIVED, Settings, SettingsError
 
 
 def test_defaults_and_env_parsing() -> None:
@@ -82,3 +84,15 @@ def test_maximum_amounts_per_currency() -> None:
 def test_edge_limit_validation(env: dict[str, str], needle: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(needle)):
         Settings.from_env(env)
+
+
+def test_readme_configuration_table_names_every_setting() -> None:
+    """Every setting read from the environment has its row in README.md's configuration table, and the table
+    names none that does not exist."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `GATEWAY_")]
+    documented = {name for row in rows for name in re.findall(r"`(GATEWAY_[A-Z0-9_]+)`", row.split(" | ")[0])}
+    settings = {f"GATEWAY_{f.name.upper()}" for f in dataclasses.fields(Settings) if f.name not in _DERIVED}
+    assert sorted(settings - documented) == [], "settings missing from the README configuration table"
+    assert sorted(documented - settings) == [], "README configuration table names unknown settings"

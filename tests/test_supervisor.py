@@ -41,7 +41,7 @@ class Fake:
 
 
 def make(*, servers: int = 0) -> tuple[Supervisor, list[Fake], list[Fake], list[str], Clock]:
-    clock, lines = Clock(), []
+    clock, lines = Clock(), list[str]()
     srv = [Fake(f"server{i}") for i in range(servers)]
     kids = [Fake("child")]
     sup = Supervisor(list(srv), list(kids), lambda: Backoff(0.5, 4.0, 30.0, 3), lines.append, clock)
@@ -99,7 +99,7 @@ def test_a_server_that_cannot_start_again_is_fatal_after_the_attempts() -> None:
 
 
 def test_children_wait_for_servers_and_their_deaths_after_a_server_do_not_count() -> None:
-    clock, lines = Clock(), []
+    clock, lines = Clock(), list[str]()
     servers, child = [Fake("server0"), Fake("server1")], Fake("child")
     sup = Supervisor(list(servers), [child], lambda: Backoff(0.5, 4.0, 8.0, 3), lines.append, clock)
     for i in range(6):  # twice max_quick child deaths 5 s apart, each caused by a server dying

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,10 @@ import aiohttp
 import orjson
 import pytest
 
+from core.records import ProviderConfig
+from core.settings import Settings
 from gateway.embedded import free_port
+from gateway.walkthrough import walkthrough
 from tests.support import ADMIN_KEY, DEMO_SECRET, OPERATOR_KEY, Api
 
 SERVER_LINE = re.compile(r"^  (nats|postgres|redis)\s+\S+:(\d+)\S*\s+\(pid (\d+),", re.M)
@@ -167,8 +170,10 @@ async def settle(api: Api, token: str, tag: str, within_s: float = 30) -> dict[s
     a non-retryable error (e.g. ``invalid_token``) fails at once."""
     deadline = time.monotonic() + within_s
     body: dict[str, Any] = {}
-    for call in (lambda: api.bet(token, f"bet-{tag}", f"r-{tag}", "1.00"),
-                 lambda: api.win(token, f"win-{tag}", f"r-{tag}", "2.00", bet_transaction_id=f"bet-{tag}")):
+    calls: tuple[Callable[[], Awaitable[tuple[int, dict[str, Any]]]], ...] = (
+        lambda: api.bet(token, f"bet-{tag}", f"r-{tag}", "1.00"),
+        lambda: api.win(token, f"win-{tag}", f"r-{tag}", "2.00", bet_transaction_id=f"bet-{tag}"))
+    for call in calls:
         while True:
             try:
                 status, body = await call()
@@ -342,3 +347,42 @@ def test_gateway_up_starts_and_stops_everything(tmp_path: Path) -> None:
     assert not [p for p in pids if _alive(p)], log.read_text()
     children = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
     assert not children
+
+
+# --- the walk-through printed once the gateway answers ------------------------------------------------
+_WALK_KEYS = "operator-key-1:operator,admin-key-12:admin"
+
+
+def test_walkthrough_plays_the_demo_round(tmp_path: Path) -> None:
+    (tmp_path / "demo.secret").write_text("demo-secret-value")
+    settings = Settings(data_dir=str(tmp_path), api_keys=_WALK_KEYS)
+    text = walkthrough(settings, "http://h:1", [ProviderConfig(id="demo", protocol="native", secret="x" * 16)])
+    assert f"SECRET=$(cat {tmp_path / 'demo.secret'})" in text
+    for call in ("/v1/wallet/deposit", "/v1/sessions", "/v1/providers/demo/authenticate",
+                 "/v1/providers/demo/bet", "/v1/providers/demo/win", "/v1/wallet/balance"):
+        assert f"http://h:1{call}" in text
+    assert "demo-secret-value" not in text and "KEY=operator-key-1" in text
+
+
+def test_walkthrough_describes_the_providers_file_in_use(tmp_path: Path) -> None:
+    """A user's own providers: each enabled one with its mount path, how it authenticates and its page of
+    docs/; never the demo provider, never a secret."""
+    providers = [
+        ProviderConfig(id="hub", protocol="hub88", public_key_pem="PEM"),
+        ProviderConfig(id="pp", protocol="pragmatic", secret="pp-secret-value", options={"provider_id": "PP1"}),
+        ProviderConfig(id="evo", protocol="evolution", secret="evo-secret-value"),
+        ProviderConfig(id="mine", protocol="native", secret="native-secret-value"),
+        ProviderConfig(id="old", protocol="native", secret="old-secret-value", enabled=False),
+    ]
+    text = walkthrough(Settings(data_dir=str(tmp_path), api_keys=_WALK_KEYS), "http://h:1", providers)
+    assert "/providers/demo" not in text and "demo.secret" not in text
+    assert not [p.secret for p in providers if p.secret and p.secret in text]
+    for doc, mount, auth in (("docs/hub88.md", "hub/user/info", "X-Hub88-Signature"),
+                             ("docs/pragmatic.md", "pp/authenticate.html", "providerId=PP1"),
+                             ("docs/evolution.md", "evo/check?authToken=", "authToken"),
+                             ("/openapi.json", "mine/bet", "X-Signature")):
+        assert doc in text and f"http://h:1/v1/providers/{mount}" in text and auth in text
+    assert "old (native) at http://h:1/v1/providers/old/  (disabled: not mounted)" in text
+    assert "/v1/providers/old/bet" not in text
+    for doc in ("hub88", "pragmatic", "evolution"):
+        assert (Path(__file__).resolve().parents[1] / "docs" / f"{doc}.md").exists()

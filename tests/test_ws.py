@@ -320,8 +320,8 @@ def test_timers_are_a_heap_of_weak_references() -> None:
     import gc
     import weakref
 
+    from core.settings import Settings
     from gateway.degradation import Degradation
-    from gateway.settings import Settings
 
     state: Any = type("State", (), {"settings": Settings(ws_reality_check_min=1), "degradation": Degradation()})()
     hub = gws.Hub(state)

@@ -12,10 +12,10 @@ ledger, every outcome is final under its idempotency key, refusals included: a r
 from __future__ import annotations
 
 import contextlib
+import io
 import ipaddress
 import json
 import secrets
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -27,11 +27,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.base import Adapter, PlayerSession, ProviderConfig
-from adapters.flow import Call
-from gateway.errors import GatewayError, InvalidToken, TokenExpired
+from adapters.base import Adapter
+from adapters.sim import Call
+from core.commands import Command, Kind, Result, Status
+from core.errors import GatewayError, InvalidToken, TokenExpired
+from core.records import PlayerSession, ProviderConfig
 from gateway.sessions import pick_profile
-from ledger.commands import Command, Kind, Result, Status
+from gateway.wallet import new_command
 
 BRAND = "brand-a"
 
@@ -150,15 +152,8 @@ class FakeWallet:
 
     def command(self, session: PlayerSession, kind: Kind, *, tx_id: str, round_id: str, amount: int = 0,
                 traceparent: str | None = None, **extra: Any) -> Command:
-        cmd = Command(
-            cmd_id=uuid.uuid4().hex, kind=kind, tenant_id=session.tenant_id, brand_id=session.brand_id,
-            license=session.license, player_id=session.player_id, currency=session.currency,
-            provider_id=session.provider_id, tx_id=tx_id, round_id=round_id,
-            traceparent=traceparent or f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01",
-            amount=amount, session_started_ms=session.started_ms if kind is Kind.BET else 0, **extra,
-        )
-        cmd.validate()
-        return cmd
+        return new_command(session, kind, tx_id=tx_id, round_id=round_id, amount=amount,
+                           traceparent=traceparent, **extra)
 
     async def execute(self, command: Command) -> Result:
         self.executed.append(command)
@@ -306,7 +301,9 @@ class Provider:
     url: str = ""
 
     async def send(self, call: Call) -> Reply:
-        async with self.http.post(self.url + call.path, headers=call.headers, data=call.body) as resp:
+        # aiohttp warns about raw bytes over 1 MiB (they are written in one go); a file object is streamed
+        data = io.BytesIO(call.body) if len(call.body) > 1024 * 1024 else call.body
+        async with self.http.post(self.url + call.path, headers=call.headers, data=data) as resp:
             return Reply(resp.status, await resp.read())
 
     async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> Reply:

@@ -21,14 +21,17 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from adapter_harness import FakeWallet, Provider, mount
-from real_backend import Backend, RealBackend
 
-from adapters.base import ProviderConfig
-from adapters.evolution import EvolutionAdapter, EvolutionClient
-from adapters.hub88 import Hub88Adapter, Hub88Client
-from adapters.pragmatic import PragmaticAdapter, PragmaticClient
+from adapters.evolution import EvolutionAdapter
+from adapters.hub88 import Hub88Adapter
+from adapters.pragmatic import PragmaticAdapter
+from adapters.sim.evolution import EvolutionClient
+from adapters.sim.hub88 import Hub88Client
+from adapters.sim.pragmatic import PragmaticClient
+from core.records import ProviderConfig
 from ledger import transport
+from tests.adapters.adapter_harness import FakeWallet, Provider, mount
+from tests.adapters.real_backend import Backend, RealBackend
 from tests.support import EVOLUTION_TOKEN, PRAGMATIC_SECRET, hub88_keys
 
 BACKENDS = ["fake", "real"]

@@ -40,15 +40,15 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from adapter_harness import BRAND, FakeWallet, Provider, _Failure
 
-from adapters.base import PlayerSession, ProviderConfig
+from core.commands import Command, Kind, Result, Status
+from core.errors import GatewayError
+from core.money import format_minor, to_minor
+from core.records import PlayerSession, ProviderConfig
+from core.settings import Settings
 from gateway import embedded
-from gateway.errors import GatewayError
-from gateway.money import format_minor, to_minor
 from gateway.operator_api import OPERATOR_PROVIDER
-from gateway.settings import Settings
-from ledger.commands import Command, Kind, Result, Status
+from tests.adapters.adapter_harness import BRAND, FakeWallet, Provider, _Failure
 from tests.support import Api, gateway_providers
 
 Execute = Callable[..., Awaitable[Result]]

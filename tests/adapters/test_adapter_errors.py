@@ -6,23 +6,27 @@ import re
 import urllib.parse
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
-from adapter_harness import Provider
-from real_backend import Backend
 
 from adapters.base import Adapter
 from adapters.evolution import EvolutionAdapter
-from adapters.flow import Call, code_for
+from adapters.exact_json import DuplicateKey, loads_exact, money
+from adapters.flow import code_for
 from adapters.hub88 import Hub88Adapter
-from adapters.jsonwire import DuplicateKey, Raw, dumps, loads_exact, money, obj
+from adapters.native import NativeAdapter
 from adapters.pragmatic import DESCRIPTIONS, PragmaticAdapter
 from adapters.pragmatic import sign as pragmatic_sign
-from gateway import errors as e
-from gateway.http import unique_keys
-from ledger.commands import INT64_MAX, Result, Status
+from adapters.sim import Call
+from core import errors as e
+from core.commands import INT64_MAX, Kind, Result, Status
+from core.http import unique_keys
+from core.records import PlayerSession
+from gateway.wallet import Wallet
+from tests.adapters.adapter_harness import FakeWallet, Provider
+from tests.adapters.real_backend import Backend
 from tests.support import PRAGMATIC_SECRET
 
 ADAPTERS: list[type[Adapter]] = [Hub88Adapter, PragmaticAdapter, EvolutionAdapter]
@@ -54,7 +58,7 @@ def test_every_error_class_is_mapped(adapter: type[Adapter]) -> None:
     assert len(tree) > 30
     for cls in tree:
         assert adapter.error_code(cls) in PROTOCOL_CODES[adapter.protocol]
-    unmapped = [c.__name__ for c in tree if c.__module__ == "gateway.errors" and c not in adapter.ERRORS]
+    unmapped = [c.__name__ for c in tree if c.__module__ == "core.errors" and c not in adapter.ERRORS]
     assert unmapped == [], f"{adapter.protocol} has no explicit code for {unmapped}"
     assert set(adapter.ERRORS) <= set(tree)
     assert set(adapter.ERRORS.values()) <= PROTOCOL_CODES[adapter.protocol]
@@ -92,12 +96,37 @@ def test_overrides_name_exact_classes() -> None:
     assert code_for(adapter, e.Duplicate(), EvolutionAdapter.DEBIT_OVERRIDES) == "BET_ALREADY_EXIST"
     assert code_for(adapter, e.Duplicate()) == "BET_ALREADY_SETTLED"
     # an override of a base does not shadow the explicit code of a subclass
-    assert code_for(adapter, e.IdempotencyConflict(), EvolutionAdapter.DEBIT_OVERRIDES) == "BET_ALREADY_EXIST"
     assert code_for(adapter, e.InsufficientFunds(), {e.Refused: "X"}) == "INSUFFICIENT_FUNDS"
+    # a conflict is no retry: an override of the retries' answer never reaches it
+    assert code_for(adapter, e.IdempotencyConflict(), {e.Duplicate: "X"}) == "BET_ALREADY_EXIST"
 
 
-def test_jsonwire_round_trip() -> None:
-    body = dumps([("a", money(10011, "EUR")), ("b", obj([("c", Raw("0.10")), ("d", None)])), ("e", "x\"y")])
+@pytest.mark.parametrize("adapter", [*ADAPTERS, NativeAdapter], ids=lambda a: a.protocol)
+def test_a_conflict_is_refused_never_a_retry(adapter: type[Adapter]) -> None:
+    """``IdempotencyConflict`` (409) is not a ``Duplicate`` (200): no table may answer it as a retry by
+    inheritance, and every protocol answers the two differently."""
+    assert not issubclass(e.IdempotencyConflict, e.Duplicate)
+    assert issubclass(e.IdempotencyConflict, e.Refused)
+    assert e.IdempotencyConflict in adapter.ERRORS
+    assert adapter.error_code(e.IdempotencyConflict) != adapter.error_code(e.Duplicate)
+
+
+def test_an_invalid_command_is_bad_input_on_every_wallet() -> None:
+    """The real wallet and the adapter tests' in-memory one turn an ``InvalidCommand`` into the same error
+    (one translation, ``gateway.wallet.new_command``), so the adapter suites see what production answers."""
+    session = PlayerSession(token="t", provider_id="p", tenant_id="t1", brand_id="b", license="MGA",
+                            player_id="p1", currency="EUR")
+    real = Wallet(*[cast(Any, None)] * 5, max_amounts={"EUR": 10**9})
+    answers = []
+    for wallet in (real, FakeWallet()):
+        with pytest.raises(e.BadInput) as caught:
+            wallet.command(session, Kind.BET, tx_id="x" * 201, round_id="r", amount=1)
+        answers.append((type(caught.value), caught.value.detail))
+    assert answers[0] == answers[1] == (e.BadInput, "tx_id too long")
+
+
+def test_exact_json_round_trip() -> None:
+    body = orjson.dumps({"a": money(10011, "EUR"), "b": {"c": orjson.Fragment("0.10"), "d": None}, "e": "x\"y"})
     assert body == b'{"a":100.11,"b":{"c":0.10,"d":null},"e":"x\\"y"}'
     assert loads_exact(body) == {"a": Decimal("100.11"), "b": {"c": Decimal("0.10"), "d": None}, "e": 'x"y'}
     assert str(loads_exact(b'{"a": 0.30000000000000004}')["a"]) == "0.30000000000000004"

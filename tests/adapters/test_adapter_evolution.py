@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import orjson
 import pytest
-from adapter_harness import FakeWallet, Provider, networks, round_property
-from docs_examples import evolution_round, matches
-from real_backend import Backend, RealBackend
 
-from adapters.base import PlayerSession, ProviderConfig
-from adapters.evolution import EvolutionAdapter, EvolutionClient
-from adapters.flow import Call
-from adapters.jsonwire import Raw, dumps, loads_exact, obj
-from gateway.errors import LedgerTimeout, Overloaded, RateLimited
-from ledger.commands import Kind, Status
+from adapters.evolution import EvolutionAdapter
+from adapters.exact_json import loads_exact
+from adapters.sim import Call
+from adapters.sim.evolution import EvolutionClient
+from core.commands import Kind, Status
+from core.errors import LedgerTimeout, Overloaded, RateLimited
+from core.records import PlayerSession, ProviderConfig
+from tests.adapters.adapter_harness import FakeWallet, Provider, networks, round_property
+from tests.adapters.docs_examples import evolution_round, matches
+from tests.adapters.real_backend import Backend, RealBackend
 
 TOKEN = "evo-auth-token-1"
 
@@ -34,16 +36,16 @@ def fields(call: Call) -> dict[str, Any]:
 
 
 def exact(value: Any) -> Any:
-    """Nested values ready for ``dumps``: objects as ``obj`` and decimals as their exact text."""
+    """Nested values ready for ``orjson.dumps``: decimals as their exact text."""
     if isinstance(value, dict):
-        return obj((k, exact(v)) for k, v in value.items())
+        return {k: exact(v) for k, v in value.items()}
     if isinstance(value, Decimal):
-        return Raw(str(value))
+        return orjson.Fragment(str(value))
     return value
 
 
 def with_body(call: Call, data: dict[str, Any]) -> Call:
-    return Call(call.path, call.headers, dumps((k, exact(v)) for k, v in data.items()))
+    return Call(call.path, call.headers, orjson.dumps(exact(data)))
 
 
 @pytest.fixture
@@ -358,12 +360,13 @@ async def test_exponent_and_overlong_amounts_are_refused(evolution: Provider, wa
     await ask(evolution, debit(evolution, player, 1_00, ref="placed"))
     sim = evolution.sim
     s = player
-    call = {
+    calls: dict[str, Callable[[], Call]] = {
         "debit": lambda: debit(evolution, s, 1_00, ref="new"),
         "credit": lambda: credit(evolution, s, 1_00, ref="placed"),
         "cancel": lambda: cancel(evolution, s, 1_00, ref="placed"),
         "promo_payout": lambda: sim.promo_payout(s.player_id, s.token, currency="EUR", amount=1_00),
-    }[endpoint]()
+    }
+    call = calls[endpoint]()
     body = call.body.replace(b'"amount":1.00', b'"amount":' + amount)
     assert body != call.body
     before = len(wallet.executed)

@@ -7,17 +7,18 @@ from typing import Any
 
 import orjson
 import pytest
-from adapter_harness import FakeWallet, Provider, networks, round_property
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from docs_examples import hub88_round, matches
-from real_backend import Backend, RealBackend
 
-from adapters.base import PlayerSession, ProviderConfig
-from adapters.flow import Call
-from adapters.hub88 import SIGNATURE_HEADER, Hub88Adapter, Hub88Client, from_minor, to_minor
-from gateway.errors import InvalidAmount, LedgerTimeout, Overloaded, RateLimited
-from ledger.commands import Kind, Status
+from adapters.hub88 import SIGNATURE_HEADER, Hub88Adapter, from_minor, to_minor
+from adapters.sim import Call
+from adapters.sim.hub88 import Hub88Client
+from core.commands import Kind, Status
+from core.errors import InvalidAmount, LedgerTimeout, Overloaded, RateLimited
+from core.records import PlayerSession, ProviderConfig
+from tests.adapters.adapter_harness import FakeWallet, Provider, networks, round_property
+from tests.adapters.docs_examples import hub88_round, matches
+from tests.adapters.real_backend import Backend, RealBackend
 
 
 async def ask(p: Provider, call: Call) -> dict[str, Any]:

@@ -10,15 +10,16 @@ from typing import Any
 
 import orjson
 import pytest
-from adapter_harness import FakeWallet, Provider, networks, round_property
-from docs_examples import matches, pragmatic_round
-from real_backend import Backend, RealBackend
 
-from adapters.base import PlayerSession, ProviderConfig
-from adapters.flow import Call
-from adapters.pragmatic import PragmaticAdapter, PragmaticClient, cash, sign
-from gateway.errors import LedgerTimeout, Overloaded, RateLimited
-from ledger.commands import Kind, Status
+from adapters.pragmatic import PragmaticAdapter, cash, sign
+from adapters.sim import Call
+from adapters.sim.pragmatic import PragmaticClient
+from core.commands import Kind, Status
+from core.errors import LedgerTimeout, Overloaded, RateLimited
+from core.records import PlayerSession, ProviderConfig
+from tests.adapters.adapter_harness import FakeWallet, Provider, networks, round_property
+from tests.adapters.docs_examples import matches, pragmatic_round
+from tests.adapters.real_backend import Backend, RealBackend
 from tests.support import PRAGMATIC_SECRET
 
 SECRET = "testKey"
@@ -65,10 +66,8 @@ def test_hash_is_sorted_pairs_plus_secret() -> None:
 
 
 def test_cash_renders_exactly() -> None:
-    assert cash(9989999, "EUR").text == "99899.99"
-    assert cash(5, "EUR").text == "0.05"
-    assert cash(100, "JPY").text == "100.00"
-    assert cash(1005, "KWD").text == "1.005"
+    assert orjson.dumps([cash(9989999, "EUR"), cash(5, "EUR"), cash(100, "JPY"), cash(1005, "KWD")]) == (
+        b"[99899.99,0.05,100.00,1.005]")
 
 
 # --- shapes ---------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.money import CURRENCY_EXPONENTS, exponent
-from ledger.commands import INT64_MAX
+from core.commands import INT64_MAX
+from core.money import CURRENCY_EXPONENTS, exponent
 
 PREFIX = "GATEWAY_"
 #: switches read elsewhere (build and import time), accepted here so they are not "unknown"

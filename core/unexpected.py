@@ -15,7 +15,7 @@ import asyncpg
 import nats.errors
 import redis.exceptions
 
-from gateway.errors import GatewayError, InternalError, Retryable
+from core.errors import GatewayError, InternalError, Retryable
 
 #: exceptions that mean "a backing service is unavailable right now"
 OUTAGES: tuple[type[BaseException], ...] = (

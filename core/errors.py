@@ -2,15 +2,16 @@
 
 One root with a stable ``code``. ``BadInput`` is the caller's fault and never worth a retry;
 ``Retryable`` carries ``retry_after_s``; ``Refused`` is a money or limit decision the ledger made;
-``Duplicate`` carries the original outcome. Every adapter maps every concrete class to its own
-protocol code through one table, and a test proves the tables are exhaustive.
+``Duplicate`` carries the original outcome (a conflicting reuse of its id is a ``Refused``, not a
+``Duplicate``, so no table can answer it as a success by inheritance). Every adapter maps every
+concrete class to its own protocol code through one table, and a test proves the tables are exhaustive.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from ledger.commands import Result, Status
+from core.commands import Result, Status
 
 
 class GatewayError(Exception):
@@ -240,6 +241,14 @@ class AlreadyRolledBack(Refused):
     message = "transaction already rolled back"
 
 
+class IdempotencyConflict(Refused):
+    """A transaction id reused with other details: refused, never answered as the retry it is not."""
+
+    code = "idempotency_conflict"
+    http_status = 409
+    message = "transaction id reused with a different request"
+
+
 # --- duplicates ---------------------------------------------------------------------------------
 class Duplicate(GatewayError):
     """A retry: carries the original result; the current balance is in ``balance``."""
@@ -247,12 +256,6 @@ class Duplicate(GatewayError):
     code = "duplicate"
     http_status = 200
     message = "duplicate of an earlier request"
-
-
-class IdempotencyConflict(Duplicate):
-    code = "idempotency_conflict"
-    http_status = 409
-    message = "transaction id reused with a different request"
 
 
 class InternalError(GatewayError):

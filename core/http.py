@@ -19,9 +19,9 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from gateway import errors as E
-from gateway.settings import SETTINGS_KEY, Settings
-from ledger.commands import clean_text
+from core import errors as E
+from core.commands import clean_text
+from core.settings import SETTINGS_KEY, Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

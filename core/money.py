@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-from gateway.errors import InvalidAmount, UnknownCurrency
-from ledger.commands import INT64_MAX
+from core.commands import INT64_MAX
+from core.errors import InvalidAmount, UnknownCurrency
 
 #: ISO 4217 minor-unit exponents of the currencies the gateway accepts (plus common crypto units)
 CURRENCY_EXPONENTS: dict[str, int] = {
@@ -51,7 +51,7 @@ def to_minor(value: str | Decimal | int, currency: str, *, allow_negative: bool 
     if isinstance(value, int):
         dec = Decimal(value)
     elif isinstance(value, Decimal):
-        # a Decimal from a JSON number: its text was checked by the parser (``adapters.jsonwire``); an
+        # a Decimal from a JSON number: its text was checked by the parser (``adapters.exact_json``); an
         # exponent or a huge digit string that got here anyway is still not money
         digits = value.as_tuple()
         if not value.is_finite() or not isinstance(digits.exponent, int) or digits.exponent > 0 \

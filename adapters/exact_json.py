@@ -1,56 +1,29 @@
-"""JSON whose money numbers are exact both ways.
+"""Exact money numbers in JSON: incoming ones parsed to ``Decimal``, outgoing ones written from minor units.
 
 Pragmatic and Evolution put money in JSON *numbers* (``"cash": 99899.99``). A float cannot hold most
-decimal fractions, and ``orjson`` neither parses a number into ``Decimal`` nor emits one, so money never
-passes through either: incoming bodies are parsed so that a number keeps its exact text as a ``Decimal``
-when it is plain positional notation (``10.11``) and becomes a ``BadNumber`` otherwise (``1e1``,
-``0.1e2``, ``1e999999``, more than 40 characters), which no money field accepts; NaN and Infinity are
-refused outright, and so is an object that names a key twice. Outgoing numbers are written as the fixed-point text that
-``gateway.money.format_minor`` makes from integer minor units. Everything that is not money is still
-serialised by ``orjson``.
+decimal fractions, so money never passes through one. Outgoing numbers are ``orjson.Fragment``s of the
+fixed-point text ``core.money.format_minor`` makes from integer minor units (``money``), embedded
+verbatim by ``orjson.dumps``. ``orjson`` cannot parse a number into ``Decimal``, so incoming bodies go through
+``loads_exact``: a number keeps its exact text as a ``Decimal`` when it is plain positional notation
+(``10.11``) and becomes a ``BadNumber`` otherwise (``1e1``, ``0.1e2``, ``1e999999``, more than 40
+characters), which no money field accepts; NaN and Infinity are refused outright, and so is an object
+that names a key twice.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-from gateway.money import MAX_TEXT, format_minor, plain_decimal
+from core.money import MAX_TEXT, format_minor, plain_decimal
 
 
-class Raw:
-    """A JSON number given as its exact text (never a float on the way)."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return f"Raw({self.text!r})"
-
-
-def money(minor: int, currency: str) -> Raw:
+def money(minor: int, currency: str) -> orjson.Fragment:
     """Integer minor units as a JSON number with exactly the currency's decimals (``99899.99``)."""
-    return Raw(format_minor(minor, currency))
-
-
-def dumps(fields: Iterable[tuple[str, Any]]) -> bytes:
-    """A JSON object of ``fields`` in order; ``Raw`` values are inserted as number text, verbatim."""
-    parts: list[bytes] = []
-    for key, value in fields:
-        text = value.text.encode() if isinstance(value, Raw) else orjson.dumps(value)
-        parts.append(orjson.dumps(key) + b":" + text)
-    return b"{" + b",".join(parts) + b"}"
-
-
-def obj(fields: Iterable[tuple[str, Any]]) -> Raw:
-    """A nested JSON object that may itself hold ``Raw`` numbers."""
-    return Raw(dumps(fields).decode())
+    return orjson.Fragment(format_minor(minor, currency))
 
 
 class BadNumber:
@@ -95,7 +68,7 @@ def loads_exact(body: bytes | str) -> Any:
     left to the fields, which refuse it). Raises ``DuplicateKey`` for a key named twice in one object
     and ``ValueError`` for anything else that is not strict JSON (``json.JSONDecodeError`` is one).
     This parse is the standard library's anyway, so duplicates are caught in its pairs hook (about 1-2 µs
-    on an Evolution call, what the colon count of ``gateway.http.unique_keys`` costs on a nested body,
+    on an Evolution call, what the colon count of ``core.http.unique_keys`` costs on a nested body,
     with no second parse when a value holds a colon).
     """
     try:
