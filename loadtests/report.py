@@ -263,8 +263,9 @@ def _markdown(s: dict[str, Any], title: str) -> str:
                   f"({ws['conflated']} conflated); rounds checked {ws['rounds_checked']}; "
                   f"**mismatches {ws['mismatches']}** (last pushed balance not the provider's answer within the "
                   f"bound); seq gaps or pushes out of commit order {ws['order_errors']}. "
-                  f"Push lag after the provider's answer over {lag['samples']} pushes: p50 {lag['p50']} ms, "
-                  f"p95 {lag['p95']} ms, p99 {lag['p99']} ms, max {lag['max']} ms."]
+                  f"Push lag after the provider's answer over {lag['samples']} pushes ({ws.get('early', 0)} "
+                  f"read before the answer itself, counted as 0): p50 {lag['p50']} ms, p95 {lag['p95']} ms, "
+                  f"p99 {lag['p99']} ms, max {lag['max']} ms."]
     if rec["reconcile"]:
         lines += ["", "`gateway reconcile`:", "", "```", rec["reconcile"], "```"]
     if rec["problems"]:

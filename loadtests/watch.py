@@ -51,6 +51,7 @@ class Tally:
     rounds_checked: int = 0
     mismatches: int = 0        # final balance not pushed within the bound
     order_errors: int = 0      # seq gap or a push out of commit order
+    early: int = 0             # pushes read before the provider's answer to the same call
     lags_ms: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -77,7 +78,7 @@ def summarize(folder: str | os.PathLike[str]) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {k: sum(t[k] for t in tallies) for k in (
         "sockets", "reconnects", "open_max", "messages", "pushes", "conflated", "rounds_checked", "mismatches",
-        "order_errors")}
+        "order_errors", "early")}
     lags = sorted(x for t in tallies for x in t["lags_ms"])
     out["push_lag_ms"] = {"samples": len(lags), "p50": _pct(lags, 0.5), "p95": _pct(lags, 0.95),
                           "p99": _pct(lags, 0.99), "max": round(lags[-1], 1) if lags else 0.0}
@@ -189,6 +190,7 @@ class Watcher:
         self.tally.problem(f"ws {self.who}: {what}")
 
     def _lag(self, seconds: float) -> None:
+        self.tally.early += seconds < 0
         if len(self.tally.lags_ms) < MAX_LAGS:
             self.tally.lags_ms.append(max(seconds, 0.0) * 1000)  # a push before the answer: no lag
 

@@ -127,13 +127,16 @@ def test_watcher_counts_pushes_and_flags_gaps_disorder_and_a_missing_balance(tmp
     w.on_message({"type": "balance", "seq": 4, "cursor": 45, "balance": 700, "change": -200, "tx_id": "b-3",
                   "conflated": True}, 2.0)
     assert (tally.pushes, tally.conflated, tally.rounds_checked) == (2, 1, 1)
-    assert tally.lags_ms == [250.0]
-    w.on_message({"type": "balance", "seq": 6, "cursor": 44, "balance": 600, "change": -100, "tx_id": "b-4"}, 3.0)
-    assert tally.order_errors == 2  # seq 6 after 4, cursor 44 after 45
+    assert tally.lags_ms == [250.0] and tally.early == 0
+    w.on_message({"type": "balance", "seq": 5, "cursor": 46, "balance": 650, "change": -50, "tx_id": "b-5"}, 2.5)
+    w.answered("b-5", 2.75)  # the push was read before the answer: lag 0, counted as early
+    assert tally.lags_ms == [250.0, 0.0] and tally.early == 1
+    w.on_message({"type": "balance", "seq": 7, "cursor": 44, "balance": 600, "change": -100, "tx_id": "b-4"}, 3.0)
+    assert tally.order_errors == 2  # seq 7 after 5, cursor 44 after 46
     assert not w.expect(650, within_s=0.05) and tally.mismatches == 1
     tally.write(tmp_path)
     summary = summarize(tmp_path)
-    assert (summary["pushes"], summary["mismatches"], summary["order_errors"]) == (3, 1, 2)
+    assert (summary["pushes"], summary["mismatches"], summary["order_errors"], summary["early"]) == (4, 1, 2, 1)
     assert summary["push_lag_ms"]["p50"] == 250.0 and len(summary["problems"]) == 3
     assert summarize(tmp_path / "none") == {}
 
@@ -175,7 +178,7 @@ def test_report_measures_the_sustained_rate_phases_and_verdict(tmp_path: Path) -
                     "p99_ms": 3.0, "cpu_us_per_call": {"trivial handler": 50.0}},
         "metrics": (before, sample), "samples": [sample]}
     ws = {"sockets": 3, "reconnects": 0, "open_max": 3, "messages": 40, "pushes": 30, "conflated": 2,
-          "rounds_checked": 12, "mismatches": 0, "order_errors": 0,
+          "rounds_checked": 12, "mismatches": 0, "order_errors": 0, "early": 5,
           "push_lag_ms": {"samples": 28, "p50": 4.0, "p95": 9.0, "p99": 9.5, "max": 10.0}, "problems": []}
     md = write_report(tmp_path, result=CheckResult(calls=10, succeeded=10, ws=ws), **common)
     report = orjson.loads((tmp_path / "report.json").read_bytes())
@@ -189,6 +192,7 @@ def test_report_measures_the_sustained_rate_phases_and_verdict(tmp_path: Path) -
     assert (tmp_path / "chart.png").stat().st_size > 0 and "**CLEAN**" in md.read_text()
     assert report["websocket"]["pushes"] == 30 and "problems" not in report["websocket"]
     assert "balance pushes received 30" in md.read_text() and "**mismatches 0**" in md.read_text()
+    assert "(5 read before the answer itself" in md.read_text()
 
     failed = write_report(tmp_path, result=CheckResult(problems=["demo/x: answered success but not in the "
                                                                  "ledger (lost)"]), **common)
