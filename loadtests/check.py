@@ -7,7 +7,9 @@ From the journals (``loadtests/journal.py``):
 3. every call answered with a success is in the ledger exactly once and moved exactly its amount on the
    player's wallet; every refused call moved nothing (read-only SQL on each shard);
 4. every player's balance, through the operator API and in the ledger, equals the sum the answers imply;
-5. ``gateway reconcile`` (every ledger invariant and the hash chains) is clean.
+5. ``gateway reconcile`` (every ledger invariant and the hash chains) is clean;
+6. the websocket watchers (``loadtests/watch.py``) saw every round's final balance pushed within the bound,
+   with ``seq`` gap-free and pushes in commit order.
 
 Any difference is a problem; ``CheckResult.ok`` is false when there is one.
 """
@@ -27,6 +29,7 @@ from core.money import to_minor
 from ledger.reconcile import format_reports, reconcile
 from ledger.sharding import connect
 from loadtests.journal import Answer, classify, read_journals
+from loadtests.watch import summarize
 
 Key = tuple[str, str, str]  # (brand, provider, tx)
 Wallet = tuple[str, str, str]  # (brand, player, currency)
@@ -51,6 +54,8 @@ class CheckResult:
     by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
     ledger_checked: bool = False
     reconcile_report: str = ""
+    #: the websocket watchers' counts (``loadtests.watch.summarize``; empty when none ran)
+    ws: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -61,7 +66,7 @@ class CheckResult:
         return {"ok": self.ok, "calls": self.calls, "answers": self.answers, "succeeded": self.succeeded,
                 "refused": self.refused, "resent_unknown": self.resent_unknown, "wallets": self.wallets,
                 "by_kind": self.by_kind, "ledger_checked": self.ledger_checked,
-                "reconcile": self.reconcile_report, "problems": self.problems}
+                "reconcile": self.reconcile_report, "websocket": self.ws, "problems": self.problems}
 
 
 async def _resend(http: aiohttp.ClientSession, base: str, rec: dict[str, Any], deadline: float) -> tuple[bool, str]:
@@ -89,6 +94,10 @@ async def check(journal_dir: str, base_url: str, operator_key: str, dsns: dict[i
         if r["e"] == "d":
             answers[r["id"]].append(bool(r["ok"]))
     res.calls = len(sent)
+    res.ws = summarize(journal_dir)
+    res.problems += res.ws.get("problems", [])
+    if res.ws and (res.ws["mismatches"] or res.ws["order_errors"]) and not res.ws["problems"]:
+        res.problems.append("websocket: balance mismatches or pushes out of order")  # details not kept
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         deadline = time.monotonic() + resend_for_s
         for rec_id, rec in sent.items():  # journal order: a bet is re-sent before its win

@@ -9,8 +9,8 @@ real signatures (the adapters' simulator clients build the calls):
 * ``RetryStorm``: every money call repeated 1-3 times, some copies at the same moment, some after the round.
 * ``Rollbacks``: bets rolled back after they landed, and rollbacks that arrive before their bet.
 * ``HotPlayer``: every user of this class plays the *same* player: one hot wallet, one hot shard.
-* ``SessionWatchers``: players holding the websocket; ``GET /v1/ws`` answering 404 (no websocket in
-  this gateway yet) makes them idle, so the runner leaves the class out then.
+* ``SessionWatchers``: native rounds by players holding ``GET /v1/ws``, who count the ``balance`` pushes
+  and check after each round that the last one equals the provider's last answer (``loadtests/watch.py``).
 
 As a provider does, a call that got no definitive answer (429/503, ``retryable: true``, Pragmatic 100/120,
 a dropped connection) is sent again, byte for byte with the same transaction id, until it gets one. Every
@@ -19,12 +19,14 @@ call is journalled (``loadtests/journal.py``) for ``loadtests/check.py``.
 Configuration (environment): ``GW_OPERATOR_KEY``, ``GW_PROVIDER`` (native provider id, ``demo``),
 ``GW_PROVIDER_SECRET``, ``GW_PRAGMATIC_PROVIDER`` (``pragmatic``), ``GW_PRAGMATIC_SECRET``,
 ``GW_PRAGMATIC_ID`` (``PragmaticPlay``), ``GW_WIN_RATIO`` (0.45), ``GW_LOAD_JOURNAL`` (folder),
-``GW_LOAD_RUN`` (player id prefix), ``GW_LOAD_SHAPE`` (``burst`` | ``steady`` | ``none``: ``-u``/``-t``
+``GW_LOAD_RUN`` (player id prefix), ``GW_WS_PUSH_WAIT_S`` (10: the bound on a push's lag),
+``GW_LOAD_SHAPE`` (``burst`` | ``steady`` | ``none``: ``-u``/``-t``
 as given). ``python -m loadtests.run`` (``make load``) sets all of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import secrets
@@ -39,9 +41,10 @@ from locust import FastHttpUser, between, events, task
 from adapters.sim import Call
 from adapters.sim.native import NativeClient
 from adapters.sim.pragmatic import PragmaticClient
-from core.money import format_minor
+from core.money import format_minor, to_minor
 from loadtests import shapes
 from loadtests.journal import Answer, Journal, Money, classify
+from loadtests.watch import Tally, Watcher
 
 OPERATOR_KEY = os.environ.get("GW_OPERATOR_KEY", "")
 PROVIDER = os.environ.get("GW_PROVIDER", "demo")
@@ -53,12 +56,14 @@ WIN_RATIO = float(os.environ.get("GW_WIN_RATIO", "0.45"))
 JOURNAL_DIR = os.environ.get("GW_LOAD_JOURNAL", "results/journal")
 RUN = os.environ.get("GW_LOAD_RUN") or secrets.token_hex(3)
 SHAPE = os.environ.get("GW_LOAD_SHAPE", "none")
+PUSH_WAIT_S = float(os.environ.get("GW_WS_PUSH_WAIT_S", "10"))
 BRAND, CURRENCY = "b1", "EUR"
 DEPOSIT = 1_000_000  # 10 000.00 EUR per deposit: rounds are refused for funds only by accident
 #: pause between attempts of a call that got a retryable answer (a provider's retry policy)
 RETRY_PAUSE_S = (0.05, 0.5)
 
 _journal: Journal | None = None
+_tally: tuple[int, Tally] | None = None
 
 
 def journal() -> Journal:
@@ -67,6 +72,14 @@ def journal() -> Journal:
     if _journal is None or _journal.path.name != f"journal-{os.getpid()}.jsonl":
         _journal = Journal(JOURNAL_DIR)
     return _journal
+
+
+def tally() -> Tally:
+    """This process's websocket counts (like the journal, never shared across a fork)."""
+    global _tally
+    if _tally is None or _tally[0] != os.getpid():
+        _tally = (os.getpid(), Tally())
+    return _tally[1]
 
 
 @events.init_command_line_parser.add_listener  # type: ignore[untyped-decorator]
@@ -79,6 +92,8 @@ def _check_config(parser: object) -> None:
 def _close_journal(**_: Any) -> None:
     if _journal is not None:
         _journal.close()
+    if _tally is not None and _tally[0] == os.getpid():
+        _tally[1].write(JOURNAL_DIR)
 
 
 class ProviderUser(FastHttpUser):
@@ -147,11 +162,15 @@ class ProviderUser(FastHttpUser):
         j = journal()
         rec = rec_id or j.sent(money, call)
         while True:
-            answer, code, _ = self.attempt(call, name, money.proto)
+            answer, code, body = self.attempt(call, name, money.proto)
             if answer is not Answer.RETRY:
                 j.done(rec, answer, code)
+                self.answered(money, answer, body)
                 return answer
             time.sleep(random.uniform(*RETRY_PAUSE_S))
+
+    def answered(self, money: Money, answer: Answer, body: bytes) -> None:
+        """A definitive answer arrived (a hook for the websocket watchers)."""
 
     # ------------------------------------------------------------------ a native round
     def amounts(self) -> tuple[int, int | None]:
@@ -277,20 +296,50 @@ class HotPlayer(ProviderUser):
 
 
 class SessionWatchers(ProviderUser):
-    """Players holding the websocket; idle when the gateway has none (``GET /v1/ws`` → 404)."""
+    """Players holding the websocket while they play native rounds: each balance push is counted, and
+    after each round the last one pushed must equal the balance of the provider's last definitive answer
+    (waiting for it at most ``GW_WS_PUSH_WAIT_S``; a miss fails the run in the reconciliation)."""
 
     weight = 1
-    wait_time = between(1.0, 2.0)
+    wait_time = between(0.1, 0.5)
 
     def on_start(self) -> None:
-        with self.client.get("/v1/ws", name="ws probe", catch_response=True) as resp:
-            self.missing = resp.status_code == 404
-            resp.success()
+        self.watcher: Watcher | None = None
+        self.expected: int | None = None
+        super().on_start()
+        url = f"{(self.host or '').replace('http', 'ws', 1)}/v1/ws?provider={PROVIDER}&token={self.token}"
+        watcher = Watcher(url, tally(), self.player_id)
+        started = time.perf_counter()
+        error: Exception | None = None
+        try:
+            watcher.open()
+            self.watcher = watcher
+        except Exception as exc:  # refused (503 at the socket cap) or unreachable: counted, the user idles
+            error = exc
+        self.environment.events.request.fire(request_type="WS", name="ws connect", response_length=0,
+                                             response_time=(time.perf_counter() - started) * 1000,
+                                             exception=error, context={})
+
+    def on_stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+
+    def answered(self, money: Money, answer: Answer, body: bytes) -> None:
+        if self.watcher is None:
+            return
+        if answer is Answer.OK:
+            self.watcher.answered(money.tx, time.monotonic())
+        with contextlib.suppress(orjson.JSONDecodeError, ValueError, TypeError, KeyError):
+            self.expected = to_minor(str(orjson.loads(body)["balance"]), CURRENCY)
 
     @task
-    def watch(self) -> None:
-        # the websocket protocol is not defined yet: nothing to count until it is
-        return
+    def round(self) -> None:
+        if self.watcher is None:
+            return
+        self.expected = None
+        self.native_round()
+        if self.expected is not None:
+            self.watcher.expect(self.expected, PUSH_WAIT_S)
 
 
 if SHAPE == "burst":

@@ -173,7 +173,7 @@ def write_report(out: Path, *, args: dict[str, Any], started: float, ended: floa
     summary: dict[str, Any] = {
         "run": {"shape": args["shape"], "base_users": args["users"], "seconds": args["seconds"],
                 "classes": args["classes"], "websocket": "absent (GET /v1/ws: 404), SessionWatchers left out"
-                if args["ws_status"] == 404 else f"GET /v1/ws: {args['ws_status']}",
+                if args["ws_status"] == 404 else f"present (GET /v1/ws without the upgrade: {args['ws_status']})",
                 "loadavg_before": args.get("loadavg_before"), "loadavg_after": args.get("loadavg_after"),
                 "cpus": os.cpu_count()},
         "throughput": {"calls": calls, "calls_per_s": round(calls / elapsed, 1), "bet_win_calls": betwin,
@@ -194,6 +194,7 @@ def write_report(out: Path, *, args: dict[str, Any], started: float, ended: floa
         "cpu_us_per_call": {k: round(v * 1e6 / max(calls, 1), 1) for k, v in sorted(cpu.items())},
         "cpu_seconds": {k: round(v, 2) for k, v in sorted(cpu.items())},
         "phases": phases,
+        "websocket": {k: v for k, v in result.ws.items() if k != "problems"},
         "reconciliation": result.as_dict(),
     }
     (out / "report.json").write_text(json.dumps(summary, indent=2))
@@ -253,6 +254,18 @@ def _markdown(s: dict[str, Any], title: str) -> str:
               f"{' and ledger SQL' if rec['ledger_checked'] else ''}).", "",
               "| call | success | refused |", "|---|---|---|"]
     lines += [f"| {k} | {v['ok']} | {v['refused']} |" for k, v in sorted(rec["by_kind"].items())]
+    ws = s.get("websocket")
+    if ws:
+        lag = ws["push_lag_ms"]
+        lines += ["", "## Player websocket (SessionWatchers)", "",
+                  f"Sockets opened {ws['sockets']} (reopened after the gateway dropped them: {ws['reconnects']}; "
+                  f"held at once at most {ws['open_max']}); balance pushes received {ws['pushes']} "
+                  f"({ws['conflated']} conflated); rounds checked {ws['rounds_checked']}; "
+                  f"**mismatches {ws['mismatches']}** (last pushed balance not the provider's answer within the "
+                  f"bound); seq gaps or pushes out of commit order {ws['order_errors']}. "
+                  f"Push lag after the provider's answer over {lag['samples']} pushes ({ws.get('early', 0)} "
+                  f"read before the answer itself, counted as 0): p50 {lag['p50']} ms, p95 {lag['p95']} ms, "
+                  f"p99 {lag['p99']} ms, max {lag['max']} ms."]
     if rec["reconcile"]:
         lines += ["", "`gateway reconcile`:", "", "```", rec["reconcile"], "```"]
     if rec["problems"]:

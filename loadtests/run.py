@@ -5,12 +5,13 @@
    and a Pragmatic provider, and stops it at the end.
 2. Measures the baseline: the same Locust client against a trivial aiohttp handler, same users.
 3. Runs the scenarios headless (``--users`` base players, ``--time``, ``--shape burst|steady``), sampling
-   the gateway's ``/metrics`` (shed, queued, rate-limited) every second and the CPU time of every process.
-4. Reconciles the journals with the ledger (``loadtests/check.py``) and writes the report
-   (``results/load-<UTC time>/report.md``, ``report.json``, ``chart.png``).
+   the gateway's ``/metrics`` (shed, queued, rate-limited) every second and the CPU time of every process;
+   the ``SessionWatchers`` hold player websockets and check the balances pushed to them.
+4. Reconciles the journals with the ledger and checks the watchers' counts (``loadtests/check.py``), and
+   writes the report (``results/load-<UTC time>/report.md``, ``report.json``, ``chart.png``).
 
-Exit status 1 when the reconciliation finds any lost, doubled or inconsistent money; 2 when the run
-itself could not be made.
+Exit status 1 when the reconciliation finds any lost, doubled or inconsistent money, or a round whose
+final balance no websocket push told its player within the bound; 2 when the run itself could not be made.
 """
 
 from __future__ import annotations

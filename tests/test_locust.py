@@ -1,9 +1,9 @@
 """The Locust scenarios really drive a gateway, and their journals reconcile with the ledger.
 
 A short headless run of every user class (native and Pragmatic rounds, retry storms, rollbacks before and
-after their bets, one hot player; the websocket watchers idle while the gateway has no ``/v1/ws``), then
-the checker: every success in the ledger exactly once, every refusal moved nothing, balances equal to the
-answers' sums, ``gateway reconcile`` clean. No timing is asserted.
+after their bets, one hot player, players holding the websocket), then the checker: every success in the
+ledger exactly once, every refusal moved nothing, balances equal to the answers' sums, ``gateway
+reconcile`` clean, every watcher's last pushed balance equal to the provider's answer. No timing is asserted.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from core.settings import Settings
 from loadtests.check import check
 from loadtests.journal import Answer, Journal, Money, classify, read_journals
 from loadtests.plan import burst_plan
+from loadtests.watch import Tally, Watcher, summarize
 from tests.support import DEMO_SECRET, OPERATOR_KEY, PRAGMATIC_SECRET
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ async def test_locust_scenarios_reconcile_with_the_ledger(gateway: Any, writers:
     assert proc.returncode in (0, 1), out.decode()[-2000:]
     with (tmp_path / "run_stats.csv").open() as f:
         rows = {r["Name"]: r for r in csv.DictReader(f)}
-    for name in ("native bet", "pragmatic bet", "native rollback", "native bet (late copy)", "ws probe"):
+    for name in ("native bet", "pragmatic bet", "native rollback", "native bet (late copy)", "ws connect"):
         assert name in rows and int(rows[name]["Request Count"]) > 0, (name, out.decode()[-3000:])
 
     result = await check(str(journal), gateway.base_url, OPERATOR_KEY, writers.shard_dsns())
@@ -57,6 +58,11 @@ async def test_locust_scenarios_reconcile_with_the_ledger(gateway: Any, writers:
     assert {"native bet", "native win", "native rollback", "pragmatic bet", "operator deposit"} <= set(result.by_kind)
     # rollbacks that overtook their bets made those bets refused, and the checker saw them move nothing
     assert result.by_kind["native bet"]["refused"] > 0
+    # the watchers held sockets, were pushed balances, and each checked round's final balance matched
+    ws = result.ws
+    assert ws["sockets"] > 0 and ws["pushes"] > 0 and ws["rounds_checked"] > 0, ws
+    assert ws["mismatches"] == 0 and ws["order_errors"] == 0, ws
+    assert ws["push_lag_ms"]["samples"] > 0
 
 
 async def test_checker_flags_a_lost_success_a_moved_refusal_and_a_resent_unknown(
@@ -108,6 +114,33 @@ def test_answers_are_classified_as_providers_retry_them(tmp_path: Path) -> None:
     assert [r["e"] for r in read_journals(tmp_path)] == ["s", "d"]
 
 
+def test_watcher_counts_pushes_and_flags_gaps_disorder_and_a_missing_balance(tmp_path: Path) -> None:
+    """The watcher's bookkeeping on made-up messages (no socket): conflated pushes are fine, a seq gap or
+    a push older than one already seen is an order error, a final balance never pushed is a mismatch."""
+    tally = Tally()
+    w = Watcher("ws://unused", tally, "p1")
+    w.on_message({"type": "hello", "seq": 1, "balance": 1000, "cursor": 50}, 0.0)
+    w.answered("b-1", 1.0)
+    w.on_message({"type": "round", "seq": 2, "cursor": 40, "balance": 900}, 1.0)  # before hello's cursor: fine
+    w.on_message({"type": "balance", "seq": 3, "cursor": 41, "balance": 900, "change": -100, "tx_id": "b-1"}, 1.25)
+    assert w.expect(900, within_s=1) and tally.order_errors == 0
+    w.on_message({"type": "balance", "seq": 4, "cursor": 45, "balance": 700, "change": -200, "tx_id": "b-3",
+                  "conflated": True}, 2.0)
+    assert (tally.pushes, tally.conflated, tally.rounds_checked) == (2, 1, 1)
+    assert tally.lags_ms == [250.0] and tally.early == 0
+    w.on_message({"type": "balance", "seq": 5, "cursor": 46, "balance": 650, "change": -50, "tx_id": "b-5"}, 2.5)
+    w.answered("b-5", 2.75)  # the push was read before the answer: lag 0, counted as early
+    assert tally.lags_ms == [250.0, 0.0] and tally.early == 1
+    w.on_message({"type": "balance", "seq": 7, "cursor": 44, "balance": 600, "change": -100, "tx_id": "b-4"}, 3.0)
+    assert tally.order_errors == 2  # seq 7 after 5, cursor 44 after 46
+    assert not w.expect(650, within_s=0.05) and tally.mismatches == 1
+    tally.write(tmp_path)
+    summary = summarize(tmp_path)
+    assert (summary["pushes"], summary["mismatches"], summary["order_errors"], summary["early"]) == (4, 1, 2, 1)
+    assert summary["push_lag_ms"]["p50"] == 250.0 and len(summary["problems"]) == 3
+    assert summarize(tmp_path / "none") == {}
+
+
 def test_the_tournament_burst_ramps_spikes_holds_and_falls() -> None:
     plan = burst_plan(50, 100)
     targets = [target for _, target, _, _ in plan]
@@ -144,7 +177,10 @@ def test_report_measures_the_sustained_rate_phases_and_verdict(tmp_path: Path) -
         "trivial": {"users": 10, "seconds": 5, "calls": 5000, "rps": 1000.0, "p50_ms": 1.0, "p95_ms": 2.0,
                     "p99_ms": 3.0, "cpu_us_per_call": {"trivial handler": 50.0}},
         "metrics": (before, sample), "samples": [sample]}
-    md = write_report(tmp_path, result=CheckResult(calls=10, succeeded=10), **common)
+    ws = {"sockets": 3, "reconnects": 0, "open_max": 3, "messages": 40, "pushes": 30, "conflated": 2,
+          "rounds_checked": 12, "mismatches": 0, "order_errors": 0, "early": 5,
+          "push_lag_ms": {"samples": 28, "p50": 4.0, "p95": 9.0, "p99": 9.5, "max": 10.0}, "problems": []}
+    md = write_report(tmp_path, result=CheckResult(calls=10, succeeded=10, ws=ws), **common)
     report = orjson.loads((tmp_path / "report.json").read_bytes())
     assert report["sustained_at_slo"]["betwin_rps"] == 100.0  # 12 s under the SLO hold a 10 s window
     assert report["sustained_at_slo"]["window_start_s"] == 1  # second 0 has no earlier total to rate from
@@ -154,6 +190,9 @@ def test_report_measures_the_sustained_rate_phases_and_verdict(tmp_path: Path) -
     assert report["cpu_us_per_call"]["gateway"] == 500.0  # 1.2 s over 2400 calls
     assert [p["phase"] for p in report["phases"]] == ["ramp", "base", "spike", "hold", "fall", "after"]
     assert (tmp_path / "chart.png").stat().st_size > 0 and "**CLEAN**" in md.read_text()
+    assert report["websocket"]["pushes"] == 30 and "problems" not in report["websocket"]
+    assert "balance pushes received 30" in md.read_text() and "**mismatches 0**" in md.read_text()
+    assert "(5 read before the answer itself" in md.read_text()
 
     failed = write_report(tmp_path, result=CheckResult(problems=["demo/x: answered success but not in the "
                                                                  "ledger (lost)"]), **common)

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import os
 import socket
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
+from core.settings import Settings
+from gateway import embedded, ws_hub
 from gateway import ws as gws
-from gateway import ws_hub
 from gateway.sessions import _dump
-from tests.support import Api
+from tests.support import DEMO_SECRET, Api
 
 Msg = dict[str, Any]
 
@@ -83,6 +88,51 @@ async def test_socket_on_one_replica_sees_a_bet_made_through_another(api: Api, h
         assert status == 200
         seen = await receive_until(sock, lambda s: len(balances(s, api)) == 1)
     assert balances(seen, api) == [(1775, -225)]
+
+
+@pytest.mark.slow
+async def test_socket_on_a_separate_serve_process_sees_a_bet_made_through_this_one(
+        api: Api, http: aiohttp.ClientSession, writers: Settings, tmp_path: Path) -> None:
+    """The fan-out across OS processes: the socket is held by a ``gateway serve`` process of its own (same
+    NATS, PostgreSQL, Redis and namespace), the bet goes through the test's in-process gateway; only the
+    committed-event stream connects the two, and the exact balance must arrive over it."""
+    _, token = await api.funded("30.00")
+    port = embedded.free_port()
+    providers = tmp_path / "providers.toml"
+    providers.write_text(f'[[providers]]\nid = "demo"\nprotocol = "native"\nsecret = "{DEMO_SECRET}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "PROMETHEUS_"))}
+    env["TMPDIR"] = str(tmp_path)
+    env.update(writers.replace(http_port=port, providers_file=str(providers), log_level="WARNING").env())
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "serve", "--workers", "1",
+                                                    env=env, stdout=out, stderr=asyncio.subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the other process is ready (NATS, Redis and ledger reachable)
+            assert proc.returncode is None, log.read_text()
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(base + "/readyz") as resp:
+                    if resp.status == 200:
+                        break
+            assert time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.2)
+        async with http.ws_connect(ws_url(base, token), protocols=(gws.PROTOCOL,)) as sock:
+            (hello,) = await receive_until(sock, lambda s: len(s) == 1)
+            assert hello["type"] == "hello" and hello["balance"] == 3000
+            status, _ = await api.bet(token, "b-p", "r-p", "4.75")  # through the in-process gateway
+            assert status == 200
+            seen = await receive_until(sock, lambda s: len(balances(s, api)) == 1)
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await asyncio.wait_for(proc.wait(), 10)
+    assert balances(seen, api) == [(2525, -475)]
+    assert [m["seq"] for m in seen] == list(range(2, 2 + len(seen)))
 
 
 async def test_reconnect_and_resume_replays_what_was_missed(api: Api, http: aiohttp.ClientSession,
