@@ -43,6 +43,7 @@ from gateway.settings import Settings
 from ledger import chain, store, transport
 from ledger.backoff import Backoff
 from ledger.commands import Command, InvalidCommand, Result, Status
+from ledger.eventpub import EventPublisher
 from ledger.hotstate import HotState
 from ledger.outbox import OutboxRelay
 from ledger.puller import Puller
@@ -247,7 +248,7 @@ class ShardWriter:
         self._relay_task: asyncio.Task[None] | None = None
         self._backoff = Backoff(0.1, 5.0)
         self._active_since = float("inf")
-        self._events_stream = transport.stream_name(settings, settings.events_stream_name)
+        self._events = EventPublisher(nc, transport.stream_name(settings, settings.events_stream_name))
         #: events this writer published itself after commit, and batches whose events it could not
         self.events_published = 0
         self.event_failures = 0
@@ -405,15 +406,10 @@ class ShardWriter:
             applier.mark_published(outcome, await self._publish_events(outcome.events))
 
     async def _publish_events(self, events: Sequence[Event]) -> bool:
-        """The committed batch's events, one JetStream message each (subject and Nats-Msg-Id = event id
-        as the relay sends them), pipelined with one wait for all acks. A failure is only logged: the
-        rows stay in the outbox past the watermark, and the relay publishes them after its grace."""
-        stream = self._events_stream
+        """The committed batch's events (``ledger.eventpub``). A failure is only logged: the rows stay in
+        the outbox past the watermark, and the relay publishes them after its grace."""
         try:
-            acks = [await self.js.publish_async(subject, payload, stream=stream,
-                                                headers={transport.MSG_ID_HEADER: event_id})
-                    for event_id, subject, payload in events]
-            await asyncio.wait_for(asyncio.gather(*acks), 10.0)
+            await self._events.publish(events, 10.0)
         except Exception as exc:  # NATS down, the EVENTS stream missing, an ack timeout: the relay recovers
             self.event_failures += 1
             log.warning("shard %d: %d events not published (%s: %s); the outbox relay will", self.shard,

@@ -8,10 +8,12 @@ from collections import Counter
 
 import nats
 import orjson
+import pytest
 
 from gateway.settings import Settings
 from ledger import transport
 from ledger.commands import Command, Kind
+from ledger.eventpub import EventPublisher, EventsNotStored
 from ledger.outbox import OutboxRelay
 from ledger.sharding import connect
 from ledger.writer import ShardWriter
@@ -98,6 +100,42 @@ async def test_writer_publishes_events_once_and_a_restart_republishes_only_the_t
         seen = await _stream_events(js, s)
         assert len(seen) == expected + 2 and set(seen.values()) == {1}
         assert await cursor_at_end()
+    finally:
+        await db.close()
+        await nc.drain()
+
+
+async def test_a_failed_publish_leaves_the_cursor_to_the_relay(own_db: Settings) -> None:  # noqa: F811
+    s = own_db.replace(outbox_grace_ms=0)
+    dsn = s.shard_dsns()[0]
+    nc = await nats.connect(s.nats_url)
+    js = nc.jetstream()
+    await transport.ensure_streams(js, s)
+    db = await connect(dsn, 0)
+    try:
+        # no stream captures this subject: the server answers "no responders", never an ack
+        lost = EventPublisher(nc, transport.stream_name(s, s.events_stream_name))
+        with pytest.raises(EventsNotStored):
+            await lost.publish([("1:x", f"{s.namespace}.nowhere.x", b"{}")], 5.0)
+        async with applier_on(s, 0) as applier:
+            await applier.apply([command(Kind.DEPOSIT, "jo", "d1", 1000, provider_id="operator")])
+            first = await applier.apply([command(Kind.BET, "jo", "b1", 10)])
+            applier.mark_published(first, False)  # its events did not reach the stream
+            second = await applier.apply([command(Kind.BET, "jo", "b2", 10)])
+            applier.mark_published(second, True)
+            await applier.flush_watermark()
+            cursor = await db.fetchval("SELECT last_seq FROM outbox_cursor WHERE id = 1")
+            assert cursor < first.outbox_seq  # not past the unpublished row
+            relay = OutboxRelay(s, 0, dsn, js)
+            assert await relay.relay_once(db) >= 2  # the failed row and everything after it
+            assert await db.fetchval("SELECT last_seq FROM outbox_cursor WHERE id = 1") == second.outbox_seq
+            seen = await _stream_events(js, s)
+            assert {f"{first.events[0][0]}", f"{second.events[0][0]}"} <= set(seen) and set(seen.values()) == {1}
+            # once the relay passed the failed row, the writer's watermark moves the cursor again
+            third = await applier.apply([command(Kind.BET, "jo", "b3", 10)])
+            applier.mark_published(third, True)
+            await applier.flush_watermark()
+            assert await db.fetchval("SELECT last_seq FROM outbox_cursor WHERE id = 1") == third.outbox_seq
     finally:
         await db.close()
         await nc.drain()
