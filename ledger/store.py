@@ -2,9 +2,9 @@
 
 The whole batch is read by ONE call (``gw_load_batch``: accounts created where missing, prior
 outcomes, bets, tombstones, rounds, limits, usage and the new transaction numbers) and written by ONE
-call (``gw_write_batch``: every row as arrays through ``unnest``, each house and cash balance updated
-once with the batch's summed delta, the batch's events as one outbox row, the outbox cursor moved to
-the writer's published watermark, the hash-chain link last). With the writer's hot state warm only the
+statement (``_WRITE``: every row as typed arrays through ``unnest``, each house and cash balance
+updated once with the batch's summed delta, the batch's events as one outbox row, the outbox cursor
+moved to the writer's published watermark, the hash-chain link last). With the writer's hot state warm only the
 keys it lacks are loaded (``load_into``), often none. Round trips per batch stay at four
 (BEGIN, load, write, COMMIT) whatever the batch's size, which is what makes group commit pay.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import orjson
 
-from ledger.commands import INT64_MAX, Command, Kind, Status
+from ledger.commands import Command, Kind, Status
 from ledger.rules import (
     Account,
     AccountKey,
@@ -34,7 +34,6 @@ from ledger.rules import (
 )
 
 _LOAD = "SELECT gw_load_batch($1::jsonb, $2, $3, $4)"
-_WRITE = "SELECT gw_write_batch($1, $2, $3, $4, $5::jsonb, $6, $7)"
 _IDS = "SELECT array_agg(nextval('ledger_tx_seq') * 1024 + $2) FROM generate_series(1, $1::integer)"
 
 
@@ -125,36 +124,98 @@ async def load_state(conn: asyncpg.Connection, cmds: Sequence[Command], today: d
     return st, ids
 
 
-def _outbox_rows(events: list[tuple[str, str, bytes]]) -> list[tuple[str, str, str]]:
+def _outbox_rows(events: list[tuple[str, str, bytes]]) -> tuple[list[str], list[str], list[bytes]]:
     """One outbox row per batch holding all its events as [event id, subject, event] (the row is
     named by its first event): the relay only reads it when the writer could not publish."""
     if not events:
-        return []
+        return [], [], []
     body = orjson.dumps([[event_id, subject, orjson.Fragment(payload)] for event_id, subject, payload in events])
-    return [(events[0][0], events[0][1], body.decode())]
+    return [events[0][0]], [events[0][1]], [body]
 
 
-def _wide(value: int) -> int | str:
-    """A house or cash sum may leave int64, which JSON numbers (orjson) do not carry: send it as text."""
-    return value if -INT64_MAX <= value <= INT64_MAX else str(value)
+def _columns(rows: Sequence[Sequence[object]], width: int) -> list[Sequence[object]]:
+    """Rows to one array per column (what ``unnest`` takes back apart)."""
+    return list(zip(*rows, strict=True)) if rows else [()] * width
+
+
+# ONE statement, so one atomic transaction and one commit: every table's rows as typed arrays (binary,
+# no JSON to build or parse, no plpgsql), each house and cash balance updated once with the batch's
+# summed delta (numeric, sent as text: a sum may leave int64), the outbox cursor moved to the writer's
+# published watermark, the hash-chain link last. Foreign keys and checks fire as for any insert.
+_WRITE = """
+WITH t AS (
+    INSERT INTO transactions (ledger_tx, brand_id, provider_id, tx_id, kind, status, request_hash, tenant_id,
+                              license, player_id, currency, round_id, ref_tx_id, amount, credit_type,
+                              traceparent, cmd_id, batch_seq)
+    SELECT *, $1::bigint FROM unnest($5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                                     $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
+                                     $17::text[], $18::bigint[], $19::text[], $20::text[], $21::text[])
+), e AS (
+    INSERT INTO entries (ledger_tx, account_id, amount, batch_seq)
+    SELECT *, $1::bigint FROM unnest($22::bigint[], $23::bigint[], $24::bigint[])
+), d AS (
+    UPDATE balances bl SET balance = bl.balance + d.delta::numeric
+      FROM unnest($25::bigint[], $26::text[]) AS d(id, delta) WHERE bl.account_id = d.id
+), b AS (
+    INSERT INTO bets (brand_id, provider_id, tx_id, round_id, player_id, currency, amount, free_round, state,
+                      ledger_tx)
+    SELECT * FROM unnest($27::text[], $28::text[], $29::text[], $30::text[], $31::text[], $32::text[],
+                         $33::bigint[], $34::boolean[], $35::text[], $36::bigint[])
+    ON CONFLICT (brand_id, provider_id, tx_id) DO UPDATE SET state = EXCLUDED.state
+), r AS (
+    INSERT INTO rounds (brand_id, provider_id, round_id, player_id, currency, bet_count, open_bets, live_bets,
+                        bet_total, win_total, closed)
+    SELECT * FROM unnest($37::text[], $38::text[], $39::text[], $40::text[], $41::text[], $42::integer[],
+                         $43::integer[], $44::integer[], $45::bigint[], $46::bigint[], $47::boolean[])
+    ON CONFLICT (brand_id, provider_id, round_id, player_id) DO UPDATE SET
+        bet_count = EXCLUDED.bet_count, open_bets = EXCLUDED.open_bets, live_bets = EXCLUDED.live_bets,
+        bet_total = EXCLUDED.bet_total, win_total = EXCLUDED.win_total, closed = EXCLUDED.closed
+), s AS (
+    INSERT INTO tombstones (brand_id, provider_id, tx_id, ledger_tx)
+    SELECT * FROM unnest($48::text[], $49::text[], $50::text[], $51::bigint[])
+), l AS (
+    INSERT INTO rg_limits (brand_id, player_id, currency, key, value, pending_value, pending_set, pending_from_ms)
+    SELECT * FROM unnest($52::text[], $53::text[], $54::text[], $55::text[], $56::bigint[], $57::bigint[],
+                         $58::boolean[], $59::bigint[])
+    ON CONFLICT (brand_id, player_id, currency, key) DO UPDATE SET value = EXCLUDED.value,
+        pending_value = EXCLUDED.pending_value, pending_set = EXCLUDED.pending_set,
+        pending_from_ms = EXCLUDED.pending_from_ms
+), u AS (
+    INSERT INTO rg_usage (brand_id, player_id, currency, day, staked, won)
+    SELECT u.b, u.p, u.c, u.d, u.s::numeric, u.w::numeric
+      FROM unnest($60::text[], $61::text[], $62::text[], $63::date[], $64::text[], $65::text[]) AS u(b, p, c, d, s, w)
+    ON CONFLICT (brand_id, player_id, currency, day) DO UPDATE SET
+        staked = rg_usage.staked + EXCLUDED.staked, won = rg_usage.won + EXCLUDED.won
+), o AS (
+    INSERT INTO outbox (event_id, subject, payload, batch_seq)
+    SELECT *, $1::bigint FROM unnest($66::text[], $67::text[], $68::bytea[])
+    RETURNING seq
+), c AS (
+    -- every outbox row in (floor, published] was published by the writer: the cursor moves there once it
+    -- has reached floor (what came before is the relay's to recover), never back
+    UPDATE outbox_cursor SET last_seq = $69::bigint
+     WHERE id = 1 AND $69::bigint > 0 AND last_seq >= $70::bigint AND last_seq < $69::bigint
+), h AS (
+    INSERT INTO batches (batch_seq, prev_hash, digest, hash, tx_count) VALUES ($1, $2, $3, $4, $71)
+)
+SELECT coalesce((SELECT max(seq) FROM o), 0)
+"""
 
 
 async def write_mutations(conn: asyncpg.Connection, m: Mutations, batch_seq: int, prev_hash: bytes,
                           digest: bytes, new_hash: bytes, published: int = 0, floor: int = 0) -> int:
     """Write the batch in one statement; the outbox cursor moves to ``published`` (the writer published
     every row after ``floor`` up to it) if it has reached ``floor``. Returns the outbox seq written (0: none)."""
-    doc = {
-        "t": m.txs,
-        "e": m.entries,
-        "d": [(a, _wide(v)) for a, v in m.balance_deltas.items()],
-        "b": [(*k, b.round_id, b.player_id, b.currency, b.amount, b.free_round, b.state, b.ledger_tx)
-              for k, b in m.bets.items()],
-        "r": [(*k, r.currency, r.bet_count, r.open_bets, r.live_bets, r.bet_total, r.win_total, r.closed)
-              for k, r in m.rounds.items()],  # k: brand, provider, round id, player
-        "s": m.tombstones,
-        "l": [(*k, v.value, v.pending_value, v.pending_set, v.pending_from_ms) for k, v in m.limits.items()],
-        "u": [(*k, _wide(v[0]), _wide(v[1])) for k, v in m.usage_deltas.items()],
-        "o": _outbox_rows(m.events),
-    }
-    return int(await conn.fetchval(_WRITE, batch_seq, prev_hash, digest, new_hash, orjson.dumps(doc).decode(),
-                                   published, floor))
+    # a transaction row carries its batch_seq at index 15: the statement adds it to every row
+    txs = _columns([(*t[:15], *t[16:]) for t in m.txs], 17)
+    bets = _columns([(*k, b.round_id, b.player_id, b.currency, b.amount, b.free_round, b.state, b.ledger_tx)
+                     for k, b in m.bets.items()], 10)
+    rounds = _columns([(*k, r.currency, r.bet_count, r.open_bets, r.live_bets, r.bet_total, r.win_total, r.closed)
+                       for k, r in m.rounds.items()], 11)  # k: brand, provider, round id, player
+    limits = _columns([(*k, v.value, v.pending_value, v.pending_set, v.pending_from_ms)
+                       for k, v in m.limits.items()], 8)
+    usage = _columns([(*k, str(v[0]), str(v[1])) for k, v in m.usage_deltas.items()], 6)
+    return int(await conn.fetchval(
+        _WRITE, batch_seq, prev_hash, digest, new_hash, *txs, *_columns(m.entries, 3),
+        list(m.balance_deltas), [str(v) for v in m.balance_deltas.values()], *bets, *rounds,
+        *_columns(m.tombstones, 4), *limits, *usage, *_outbox_rows(m.events), published, floor, len(m.txs)))
