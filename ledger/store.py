@@ -1,12 +1,12 @@
-"""Set-based reads and writes of one batch, inside the writer's single PostgreSQL transaction.
+"""Set-based reads and writes of one batch for the shard writer.
 
-The whole batch is read by ONE call (``gw_load_batch``: accounts created where missing, prior
-outcomes, bets, tombstones, rounds, limits, usage and the new transaction numbers) and written by ONE
-statement (``_WRITE``: every row as typed arrays through ``unnest``, each house and cash balance
-updated once with the batch's summed delta, the batch's events as one outbox row, the outbox cursor
-moved to the writer's published watermark, the hash-chain link last). With the writer's hot state warm only the
-keys it lacks are loaded (``load_into``), often none. Round trips per batch stay at four
-(BEGIN, load, write, COMMIT) whatever the batch's size, which is what makes group commit pay.
+A miss is read by ONE call (``gw_load_batch``: accounts created where missing, prior outcomes, bets,
+tombstones, rounds, limits, usage and new transaction numbers), only for the keys the writer's hot
+state lacks (``load_into``; often just the batch's new transaction ids). The batch is written by ONE
+statement, so one atomic transaction (``_WRITE``: every row as typed arrays through ``unnest``, each
+house and cash balance updated once with the batch's summed delta, the batch's events as one outbox
+row, the outbox cursor moved to the writer's published watermark, the hash-chain link last). At most
+two round trips per batch whatever its size, which is what makes group commit pay.
 """
 
 from __future__ import annotations
@@ -34,6 +34,30 @@ from ledger.rules import (
 )
 
 _LOAD = "SELECT gw_load_batch($1::jsonb, $2, $3, $4)"
+#: the miss load of a warm writer: the same answers as gw_load_batch for transactions, bets, tombstones
+#: and rounds (no accounts to create, no limits or usage), from typed arrays
+_LOAD_KEYS = """
+WITH tk AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS k(b, p, x)),
+     bk AS (SELECT * FROM unnest($4::text[], $5::text[], $6::text[]) AS k(b, p, x)),
+     rk AS (SELECT * FROM unnest($7::text[], $8::text[], $9::text[], $10::text[]) AS k(b, p, x, u)),
+     fb AS (SELECT t.* FROM bk JOIN bets t ON t.brand_id = bk.b AND t.provider_id = bk.p AND t.tx_id = bk.x)
+SELECT json_build_object(
+    'txs', (SELECT json_agg(json_build_array(t.brand_id, t.provider_id, t.tx_id, t.ledger_tx, t.status,
+                                             t.request_hash, t.player_id, t.currency, t.cmd_id))
+              FROM tk JOIN transactions t ON t.brand_id = tk.b AND t.provider_id = tk.p AND t.tx_id = tk.x),
+    'bets', (SELECT json_agg(json_build_array(t.brand_id, t.provider_id, t.tx_id, t.round_id, t.player_id,
+                                              t.currency, t.amount, t.free_round, t.state, t.ledger_tx)) FROM fb t),
+    'tombstones', (SELECT json_agg(json_build_array(t.brand_id, t.provider_id, t.tx_id))
+                     FROM bk JOIN tombstones t ON t.brand_id = bk.b AND t.provider_id = bk.p AND t.tx_id = bk.x),
+    'rounds', (SELECT json_agg(json_build_array(r.brand_id, r.provider_id, r.round_id, r.player_id, r.currency,
+                                                r.bet_count, r.open_bets, r.live_bets, r.bet_total, r.win_total,
+                                                r.closed))
+                 FROM (SELECT b, p, x, u FROM rk
+                       UNION SELECT brand_id, provider_id, round_id, player_id FROM fb) k
+                 JOIN rounds r ON r.brand_id = k.b AND r.provider_id = k.p AND r.round_id = k.x AND r.player_id = k.u),
+    'ids', (SELECT json_agg(nextval('ledger_tx_seq') * 1024 + $12::integer) FROM generate_series(1, $11::integer))
+)
+"""
 _IDS = "SELECT array_agg(nextval('ledger_tx_seq') * 1024 + $2) FROM generate_series(1, $1::integer)"
 
 
@@ -83,11 +107,15 @@ async def load_into(conn: asyncpg.Connection, st: BatchState, keys: BatchKeys, s
     """Read ``keys`` into ``st`` (creating missing accounts) and draw ``n_ids`` ledger transaction
     numbers (unique across shards). Keys already in ``st`` keep their value: the writer's cache holds
     exactly what it committed, and nobody else writes the shard."""
-    doc = {"acc": [(*k, t) for k, t in keys.acc.items()], "tx": list(keys.tx), "bet": list(keys.bet),
-           "rnd": list(keys.rnd), "rg": list(keys.rg)}
-    raw = await conn.fetchval(_LOAD, orjson.dumps(doc).decode(), since, n_ids, shard)
+    if keys.acc or keys.rg:
+        doc = {"acc": [(*k, t) for k, t in keys.acc.items()], "tx": list(keys.tx), "bet": list(keys.bet),
+               "rnd": list(keys.rnd), "rg": list(keys.rg)}
+        raw = await conn.fetchval(_LOAD, orjson.dumps(doc).decode(), since, n_ids, shard)
+    else:  # warm: only new transaction, bet and round keys (typed arrays, no plpgsql, no JSON to parse in)
+        raw = await conn.fetchval(_LOAD_KEYS, *_columns(list(keys.tx), 3), *_columns(list(keys.bet), 3),
+                                  *_columns(list(keys.rnd), 4), n_ids, shard)
     data = orjson.loads(raw)
-    for a_id, kind, brand, player, cur, bal in data["accounts"] or ():
+    for a_id, kind, brand, player, cur, bal in data.get("accounts") or ():
         st.accounts.setdefault((kind, brand, player, cur), Account(a_id, bal, kind == "player"))
     for brand, prov, tx, ltx, status, rhash, player, cur, cmd_id in data["txs"] or ():
         st.txs.setdefault((brand, prov, tx), PriorTx(ltx, Status(status), rhash, player, cur, cmd_id))
@@ -103,9 +131,9 @@ async def load_into(conn: asyncpg.Connection, st: BatchState, keys: BatchKeys, s
         if st.rounds.get((brand, prov, rid, player)) is None:
             st.rounds[(brand, prov, rid, player)] = Round(player, cur, count, open_, live, bet_total, win_total,
                                                           closed)
-    for brand, player, cur, key, value, pending, pset, pfrom in data["limits"] or ():
+    for brand, player, cur, key, value, pending, pset, pfrom in data.get("limits") or ():
         st.limits.setdefault((brand, player), {})[(cur, key)] = Limit(value, pending, pset, pfrom)
-    for brand, player, cur, day, loss in data["usage"] or ():
+    for brand, player, cur, day, loss in data.get("usage") or ():
         # the day's loss (stake - win, clamped to int64 by the load): only the difference is ever read
         st.usage[(brand, player, cur, dt.date.fromisoformat(day))] = [loss, 0]
     return list(data["ids"] or ())
