@@ -54,11 +54,13 @@ class HotState:
         if self.since is None:
             self.since = since
         st = self.state
+        # O(batch), never O(cache): `set - dict.keys()` would copy the whole cache's keys each batch
+        bets, rounds = st.bets, st.rounds
         return BatchKeys(
             acc={k: t for k, t in keys.acc.items() if k not in st.accounts},
             tx=keys.tx - self.seen_tx,
-            bet=keys.bet - st.bets.keys(),
-            rnd=keys.rnd - st.rounds.keys(),
+            bet={k for k in keys.bet if k not in bets},
+            rnd={k for k in keys.rnd if k not in rounds},
             rg=keys.rg - self.seen_rg,
         )
 

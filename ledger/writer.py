@@ -192,7 +192,6 @@ class BatchApplier:
             await self.conn.execute(_CURSOR_SQL, self.published, self.floor)
             self.flushed = self.published
 
-
     async def _state(self, cmds: Sequence[Command], today: dt.date) -> tuple[BatchState, list[int]]:
         hot = self.hot
         missing = hot.missing(store.batch_keys(cmds), min(window_starts(today).values()))
