@@ -3,7 +3,9 @@
 Each of ``--concurrency`` virtual players plays rounds back to back (bet, then the win settling it),
 with requests prepared and signed before the clock starts so the load generator spends its time
 sending. The same generator then posts the same bodies to a trivial aiohttp JSON handler served the
-same way (uvloop, one process). Reported: calls/s and p50/p95/p99 latency from request to response.
+same way (uvloop, one process). Reported: calls/s and p50/p95/p99 latency from request to response,
+and the CPU time (utime+stime from /proc, the load tests' accounting) each process spent per call:
+gateway, ledger writer, outbox relay, NATS, PostgreSQL, Redis and the load generator itself.
 The generator shares this machine's two cores with everything it measures: compare the ratio, not
 the absolute rates, across machines.
 
@@ -26,9 +28,13 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import psutil
 
 from adapters.sim.native import NativeClient
 from gateway.embedded import free_port
+from loadtests.run import CpuMeter, Target, server_pids
+
+Run = tuple[int, int, list[float], dict[str, float]]  # calls/s, errors, sorted latencies, CPU µs per call
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -100,7 +106,34 @@ def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float
     return log.read_text()
 
 
-def report(name: str, rate: int, errors: int, lat: list[float]) -> None:
+def measured(target: Target, extra: dict[str, int], base: str,
+             rounds: list[list[tuple[str, bytes, dict[str, str]]]], seconds: float) -> Run:
+    """One driven run with the CPU of every process (the generator's own, without its children)."""
+    me = psutil.Process()
+    meter = CpuMeter(target, extra)
+    mine = me.cpu_times()
+    rate, errors, lat = asyncio.run(drive(base, rounds, seconds))
+    cpu = meter.stop()
+    after = me.cpu_times()
+    cpu["load generator"] = after.user + after.system - mine.user - mine.system
+    calls = max(len(lat), 1)
+    return rate, errors, lat, {k: v * 1e6 / calls for k, v in cpu.items()}
+
+
+_ORDER = ["gateway", "writer", "relay", "NATS", "PostgreSQL", "Redis", "trivial handler", "load generator"]
+
+
+def cpu_table(runs: dict[str, Run]) -> None:
+    """µs of CPU per call, one column per run; 'system under test' sums all but the generator."""
+    names = sorted({k for r in runs.values() for k in r[3]}, key=lambda k: ([*_ORDER, k]).index(k))
+    print("\n  CPU µs per call      " + "".join(f"{c:>22}" for c in runs))
+    for name in names:
+        print(f"  {name:<20} " + "".join(f"{r[3].get(name, 0.0):>22.1f}" for r in runs.values()))
+    print(f"  {'system under test':<20} " + "".join(
+        f"{sum(v for k, v in r[3].items() if k != 'load generator'):>22.1f}" for r in runs.values()))
+
+
+def report(name: str, rate: int, errors: int, lat: list[float], *_: object) -> None:
     ms = [x * 1000 for x in lat]
     print(f"  {name:<34} {rate:>8,} calls/s   p50 {percentile(ms, 50):6.2f} ms   p95 {percentile(ms, 95):6.2f} ms"
           f"   p99 {percentile(ms, 99):6.2f} ms   errors {errors}")
@@ -111,6 +144,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--concurrency", default="4,16,64", help="comma-separated player counts, each a run")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="GATEWAY_X=value",
+                        help="a setting for the gateway under test (e.g. GATEWAY_WRITER_CACHE_KEYS=0), repeatable")
     args = parser.parse_args()
     rounds_each = 4000
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
@@ -121,6 +156,7 @@ def main() -> None:
                    GATEWAY_WORKERS=str(args.workers), GATEWAY_RL_PLAYER_PER_S="100000",
                    GATEWAY_RL_PLAYER_BURST="100000", GATEWAY_RL_ROUND_PER_S="100000",
                    GATEWAY_RL_ROUND_BURST="100000")
+        env.update(item.split("=", 1) for item in args.set)
         with log.open("wb") as out:
             up = subprocess.Popen([sys.executable, "-m", "gateway", "up"], env=env, stdout=out,
                                   stderr=subprocess.STDOUT)
@@ -129,14 +165,17 @@ def main() -> None:
                 key = re.search(r"operator API key\s+(\S+)", text).group(1)  # type: ignore[union-attr]
                 secret = (Path(tmp) / "data" / "demo.secret").read_text().strip()
                 base = f"http://127.0.0.1:{port}"
+                target = Target(base, key, secret, up=up, server_pids=server_pids(text))
                 levels = [int(c) for c in args.concurrency.split(",")]
                 rounds = asyncio.run(setup_players(base, key, secret, max(levels), rounds_each))
                 asyncio.run(drive(base, [r[:50] for r in rounds], 2))  # warm-up
                 used = 50
-                gw = {}
+                gw: dict[int, Run] = {}
                 for level in levels:
                     share = (rounds_each * 2 - used) // len(levels)
-                    gw[level] = asyncio.run(drive(base, [r[used:used + share] for r in rounds[:level]], args.seconds))
+                    gw[level] = measured(target, {}, base, [r[used:used + share] for r in rounds[:level]],
+                                         args.seconds)
+                    used += share
             finally:
                 up.send_signal(signal.SIGINT)
                 up.wait(60)
@@ -154,8 +193,9 @@ def main() -> None:
                         raise
                     time.sleep(0.2)
             asyncio.run(drive(tbase, [r[:50] for r in rounds], 2))  # warm-up
-            base_run = {level: asyncio.run(drive(tbase, [r[50:] for r in rounds[:level]], args.seconds))
-                        for level in levels}
+            none = Target("", "", "")
+            base_run = {level: measured(none, {"trivial handler": trivial.pid}, tbase,
+                                        [r[50:] for r in rounds[:level]], args.seconds) for level in levels}
         finally:
             trivial.send_signal(signal.SIGINT)
             trivial.wait(20)
@@ -165,8 +205,15 @@ def main() -> None:
         report(f"gateway, {level} players", *gw[level])
         report(f"trivial handler, {level} players", *base_run[level])
         print(f"  {'ratio gateway / trivial':<34} {gw[level][0] / base_run[level][0]:8.1%}")
-    print(orjson.dumps({str(level): {"gateway_rps": gw[level][0], "trivial_rps": base_run[level][0]}
-                        for level in levels}).decode())
+    cpu_table({**{f"gateway {level}p": gw[level] for level in levels},
+               **{f"trivial {level}p": base_run[level] for level in levels}})
+    print(orjson.dumps({str(level): {
+        "gateway_rps": gw[level][0], "trivial_rps": base_run[level][0],
+        "gateway_p95_ms": round(percentile(gw[level][2], 95) * 1000, 2),
+        "trivial_p95_ms": round(percentile(base_run[level][2], 95) * 1000, 2),
+        "gateway_cpu_us_per_call": {k: round(v, 1) for k, v in gw[level][3].items()},
+        "trivial_cpu_us_per_call": {k: round(v, 1) for k, v in base_run[level][3].items()}}
+        for level in levels}).decode())
 
 
 if __name__ == "__main__":

@@ -105,7 +105,8 @@ async def bench_batched(settings: Settings, dsn: str, n: int, per_msg: int) -> f
 
 async def bench_naive(settings: Settings, dsn: str, n: int) -> float:
     conn = await connect(dsn, 0)
-    applier = BatchApplier(conn, 0, settings)
+    # the writer this issue started from: every settlement loads its state, no hot state kept
+    applier = BatchApplier(conn, 0, settings.replace(writer_cache_keys=0))
     await fund(applier)
     cmds = settlements(n, "naive")
     start = time.perf_counter()

@@ -66,13 +66,19 @@ class Settings:
     ledger_inflight_batches: int = 2
     writer_fetch_msgs: int = 64
     writer_pool_size: int = 2
+    #: keys (idempotency keys, bets, rounds, accounts, usage days) a shard writer keeps in memory between
+    #: batches; beyond it the cache is emptied and refilled on demand (0: load every batch from the database)
+    writer_cache_keys: int = 200_000
     #: how long JetStream waits for a writer's ack before redelivering a batch to the next writer
     writer_ack_wait_s: int = 10
     #: port of the writer process's /healthz, /readyz and /metrics (0: none, as under ``gateway up``)
     writer_http_port: int = 0
     #: JetStream replicas of both streams (3 in a production cluster)
     stream_replicas: int = 1
-    outbox_poll_ms: int = 50
+    #: how often the outbox relay looks for events the writers did not publish, and how old (since their
+    #: commit) such events must be before it publishes them (a writer publishes its own within milliseconds)
+    outbox_poll_ms: int = 1000
+    outbox_grace_ms: int = 2000
 
     # --- sessions --------------------------------------------------------------------------------
     launch_token_ttl_s: int = 300
@@ -169,6 +175,9 @@ class Settings:
              "must be 1 KiB..1 MiB (below the NATS max payload)")
         need(0 <= self.batch_max_delay_ms <= 1000, "batch_max_delay_ms", "must be 0..1000")
         need(self.ledger_timeout_ms >= 10, "ledger_timeout_ms", "must be at least 10")
+        need(10 <= self.outbox_poll_ms <= 60_000, "outbox_poll_ms", "must be 10..60000")
+        need(0 <= self.outbox_grace_ms <= 600_000, "outbox_grace_ms", "must be 0..600000")
+        need(0 <= self.writer_cache_keys <= 10_000_000, "writer_cache_keys", "must be 0 (off)..10000000")
         need(1 <= self.ledger_inflight_batches <= 64, "ledger_inflight_batches", "must be 1..64")
         need(self.max_body_bytes >= 1024, "max_body_bytes", "must be at least 1024")
         need(self.launch_token_ttl_s > 0 and self.session_ttl_s > 0, "session_ttl_s", "TTLs must be positive")

@@ -38,6 +38,10 @@ class ShardWriter(Protocol):
     @property
     def failures(self) -> int: ...
     @property
+    def events_published(self) -> int: ...
+    @property
+    def event_failures(self) -> int: ...
+    @property
     def relay(self) -> _Relay | None: ...
 
 
@@ -71,8 +75,12 @@ class WriterCollector(Collector):
                                        labels=["shard"])
         restarts = CounterMetricFamily("ledger_writer_restarts", "Writer tasks that ended and were restarted",
                                        labels=["shard"])
-        published = CounterMetricFamily("ledger_outbox_published", "Events published by the outbox relay",
-                                        labels=["shard"])
+        published = CounterMetricFamily("ledger_outbox_published", "Events the outbox relay recovered (published "
+                                        "late, for a writer that died or lost NATS)", labels=["shard"])
+        events = CounterMetricFamily("ledger_writer_events_published", "Events the writer published after commit",
+                                     labels=["shard"])
+        event_failures = CounterMetricFamily("ledger_writer_event_failures",
+                                             "Event publishes left to the outbox relay (NATS failed)", labels=["shard"])
         ended = self.restarts()
         for w in self.writers:
             shard = [str(w.shard)]
@@ -83,7 +91,9 @@ class WriterCollector(Collector):
             failures.add_metric(shard, w.failures)
             restarts.add_metric(shard, ended.get(f"writer-{w.shard}", 0))
             published.add_metric(shard, w.relay.published if w.relay else 0)
-        yield from (applied, batches, seconds, active, failures, restarts, published)
+            events.add_metric(shard, w.events_published)
+            event_failures.add_metric(shard, w.event_failures)
+        yield from (applied, batches, seconds, active, failures, restarts, published, events, event_failures)
 
 
 def registry_for(writers: Sequence[ShardWriter], restarts: Callable[[], dict[str, int]]) -> CollectorRegistry:

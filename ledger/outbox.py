@@ -1,12 +1,15 @@
-"""Transactional outbox relay: events leave the ledger only from committed outbox rows.
+"""Transactional outbox relay: the recovery path for events the writer could not publish.
 
-Rows are published in ``seq`` order with the event id as ``Nats-Msg-Id``, then the cursor advances in
-the database. A relay that dies after publishing and before moving the cursor publishes the same
-events again, and the EVENTS stream's duplicate window drops them: at-least-once from the table,
-exactly-once into the stream within the window. One relay is active per shard (an advisory lock);
-it may run inside the writer process or as a process of its own (``gateway relay``), woken by the
-writer's NOTIFY at commit, with a slow poll as the fallback. Any failure (database or NATS gone,
-the EVENTS stream missing after NATS lost its store, anything unexpected) is logged and retried
+Every committed batch's events are in the outbox (one row per batch, or per ledger transaction for rows
+of earlier releases, each a JSON array of [event id, subject, event]). The writer publishes them itself
+right after its commit and moves the outbox cursor past what it published. The relay only publishes
+rows the cursor has not passed ``outbox_grace_ms`` after their commit (a writer that died, lost NATS
+or met a missing EVENTS stream), in ``seq`` order with the event id as ``Nats-Msg-Id``, then moves the
+cursor (never back). Whatever both of them publish, or a relay that dies before moving the cursor
+publishes again, the EVENTS stream's duplicate window drops: exactly-once into the stream within the
+window. One relay is active per shard (an advisory lock); it may run inside the writer process or as a
+process of its own (``gateway relay``), polling every ``outbox_poll_ms``. Any failure (database or NATS
+gone, the EVENTS stream missing after NATS lost its store, anything unexpected) is logged and retried
 after a capped backoff; the loop ends only when told to stop.
 """
 
@@ -27,7 +30,7 @@ from nats.js import JetStreamContext
 from core.settings import Settings
 from ledger import transport
 from ledger.backoff import Backoff
-from ledger.sharding import connect, schema_for
+from ledger.sharding import connect
 from ledger.tasks import Supervisor
 
 log = logging.getLogger(__name__)
@@ -50,9 +53,6 @@ class OutboxRelay:
         self._stop = asyncio.Event()
 
     def wake(self) -> None:
-        self._wake.set()
-
-    def _notified(self, *_: object) -> None:
         self._wake.set()
 
     def stop(self) -> None:
@@ -89,7 +89,6 @@ class OutboxRelay:
                 await self._sleep(1.0)
                 if self._stop.is_set():
                     return
-            await conn.add_listener(f"gw_outbox_{schema_for(self.shard)}", self._notified)
             while not self._stop.is_set():
                 self._wake.clear()  # before reading: a commit notified during relay_once is not lost
                 moved = await self.relay_once(conn)
@@ -106,8 +105,9 @@ class OutboxRelay:
     async def relay_once(self, conn: asyncpg.Connection) -> int:
         cursor = await conn.fetchval("SELECT last_seq FROM outbox_cursor WHERE id = 1")
         rows = await conn.fetch(
-            "SELECT seq, event_id, subject, payload FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
-            cursor, self.batch)
+            "SELECT seq, event_id, subject, payload FROM outbox WHERE seq > $1"
+            " AND created_at < now() - make_interval(secs => $3) ORDER BY seq LIMIT $2",
+            cursor, self.batch, self.settings.outbox_grace_ms / 1000)
         if not rows:
             return 0
         stream = transport.stream_name(self.settings, self.settings.events_stream_name)
@@ -119,7 +119,8 @@ class OutboxRelay:
                 acks.append(await self.js.publish_async(subject, orjson.dumps(event), stream=stream,
                                                         headers={transport.MSG_ID_HEADER: event_id}))
         await asyncio.wait_for(asyncio.gather(*acks), 10.0)
-        await conn.execute("UPDATE outbox_cursor SET last_seq = $1 WHERE id = 1", rows[-1]["seq"])
+        # the writer may have moved it further meanwhile
+        await conn.execute("UPDATE outbox_cursor SET last_seq = greatest(last_seq, $1) WHERE id = 1", rows[-1]["seq"])
         self.published += len(rows)
         return len(rows)
 

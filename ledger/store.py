@@ -1,40 +1,92 @@
-"""Set-based reads and writes of one batch, inside the writer's single PostgreSQL transaction.
+"""Set-based reads and writes of one batch for the shard writer.
 
-The whole batch is read by ONE call (``gw_load_batch``: accounts created where missing, prior
-outcomes, bets, tombstones, rounds, limits, usage and the new transaction numbers) and written by ONE
-call (``gw_write_batch``: every row as arrays through ``unnest``, each house and cash balance updated
-once with the batch's summed delta, the hash-chain link last). Round trips per batch stay at four
-(BEGIN, load, write, COMMIT) whatever the batch's size, which is what makes group commit pay.
+A miss is read by ONE call (``gw_load_batch``: accounts created where missing, prior outcomes, bets,
+tombstones, rounds, limits, usage and new transaction numbers), only for the keys the writer's hot
+state lacks (``load_into``; often just the batch's new transaction ids). The batch is written by ONE
+statement, so one atomic transaction (``_WRITE``: every row as typed arrays through ``unnest``, each
+house and cash balance updated once with the batch's summed delta, the batch's events as one outbox
+row, the outbox cursor moved to the writer's published watermark, the hash-chain link last). At most
+two round trips per batch whatever its size, which is what makes group commit pay.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import asyncpg
 import orjson
 
-from core.commands import INT64_MAX, Command, Kind, Status
-from ledger.rules import Account, BatchState, Bet, Limit, Mutations, PriorTx, Round, TxKey, window_starts
+from core.commands import Command, Kind, Status
+from ledger.rules import (
+    Account,
+    AccountKey,
+    BatchState,
+    Bet,
+    Limit,
+    Mutations,
+    PriorTx,
+    Round,
+    RoundKey,
+    TxKey,
+    window_starts,
+)
 
 _LOAD = "SELECT gw_load_batch($1::jsonb, $2, $3, $4)"
-_WRITE = "SELECT gw_write_batch($1, $2, $3, $4, $5::jsonb)"
+#: the miss load of a warm writer: the same answers as gw_load_batch for transactions, bets, tombstones
+#: and rounds (no accounts to create, no limits or usage), from typed arrays
+_LOAD_KEYS = """
+WITH tk AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS k(b, p, x)),
+     bk AS (SELECT * FROM unnest($4::text[], $5::text[], $6::text[]) AS k(b, p, x)),
+     rk AS (SELECT * FROM unnest($7::text[], $8::text[], $9::text[], $10::text[]) AS k(b, p, x, u)),
+     fb AS (SELECT t.* FROM bk JOIN bets t ON t.brand_id = bk.b AND t.provider_id = bk.p AND t.tx_id = bk.x)
+SELECT json_build_object(
+    'txs', (SELECT json_agg(json_build_array(t.brand_id, t.provider_id, t.tx_id, t.ledger_tx, t.status,
+                                             t.request_hash, t.player_id, t.currency, t.cmd_id))
+              FROM tk JOIN transactions t ON t.brand_id = tk.b AND t.provider_id = tk.p AND t.tx_id = tk.x),
+    'bets', (SELECT json_agg(json_build_array(t.brand_id, t.provider_id, t.tx_id, t.round_id, t.player_id,
+                                              t.currency, t.amount, t.free_round, t.state, t.ledger_tx)) FROM fb t),
+    'tombstones', (SELECT json_agg(json_build_array(t.brand_id, t.provider_id, t.tx_id))
+                     FROM bk JOIN tombstones t ON t.brand_id = bk.b AND t.provider_id = bk.p AND t.tx_id = bk.x),
+    'rounds', (SELECT json_agg(json_build_array(r.brand_id, r.provider_id, r.round_id, r.player_id, r.currency,
+                                                r.bet_count, r.open_bets, r.live_bets, r.bet_total, r.win_total,
+                                                r.closed))
+                 FROM (SELECT b, p, x, u FROM rk
+                       UNION SELECT brand_id, provider_id, round_id, player_id FROM fb) k
+                 JOIN rounds r ON r.brand_id = k.b AND r.provider_id = k.p AND r.round_id = k.x AND r.player_id = k.u),
+    'ids', (SELECT json_agg(nextval('ledger_tx_seq') * 1024 + $12::integer) FROM generate_series(1, $11::integer))
+)
+"""
+_IDS = "SELECT array_agg(nextval('ledger_tx_seq') * 1024 + $2) FROM generate_series(1, $1::integer)"
 
 
-async def load_state(conn: asyncpg.Connection, cmds: Sequence[Command], today: dt.date, shard: int,
-                     n_ids: int) -> tuple[BatchState, list[int]]:
-    """Everything the batch can touch, and ``n_ids`` ledger transaction numbers (unique across shards)."""
+@dataclass(slots=True)
+class BatchKeys:
+    """The state one batch can touch, by kind of key (what the load reads, or the cache must hold)."""
+
+    acc: dict[AccountKey, str] = field(default_factory=dict)  # key → tenant (to create it where missing)
+    tx: set[TxKey] = field(default_factory=set)
+    bet: set[TxKey] = field(default_factory=set)
+    rnd: set[RoundKey] = field(default_factory=set)
+    rg: set[tuple[str, str]] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.acc or self.tx or self.bet or self.rnd or self.rg)
+
+
+def batch_keys(cmds: Sequence[Command]) -> BatchKeys:
+    keys = BatchKeys()
     # accounts: the player's wallet plus the house (game) or cash (deposit/withdraw) counterparty
-    want: dict[tuple[str, str, str, str], str] = {}
-    bet_keys: set[TxKey] = set()
+    want = keys.acc
     for c in cmds:
+        keys.tx.add((c.brand_id, c.provider_id, c.tx_id))
         if c.kind is Kind.BET:
-            bet_keys.add((c.brand_id, c.provider_id, c.tx_id))
+            keys.bet.add((c.brand_id, c.provider_id, c.tx_id))
         elif c.kind in (Kind.WIN, Kind.ROLLBACK):
             ref = c.ref_tx_id if c.ref_tx_id is not None else (c.tx_id if c.kind is Kind.ROLLBACK else None)
             if ref is not None:
-                bet_keys.add((c.brand_id, c.provider_id, ref))
+                keys.bet.add((c.brand_id, c.provider_id, ref))
         if c.kind not in (Kind.RG_SET, Kind.END_ROUND):
             want[("player", c.brand_id, c.player_id, c.currency)] = c.tenant_id
             other = "cash" if c.kind in (Kind.DEPOSIT, Kind.WITHDRAW) else "house"
@@ -42,77 +94,156 @@ async def load_state(conn: asyncpg.Connection, cmds: Sequence[Command], today: d
         elif c.kind is Kind.END_ROUND:
             # an end of round moves no money, but its result reports the player's balance
             want[("player", c.brand_id, c.player_id, c.currency)] = c.tenant_id
-    # a round is per player: everyone at a live table shares its round id
-    round_keys = list({(c.brand_id, c.provider_id, c.round_id, c.player_id) for c in cmds
-                       if c.kind is not Kind.RG_SET})
-    bets = list(bet_keys)
-    keys = {
-        "acc": [(*k, t) for k, t in want.items()],
-        "tx": list({(c.brand_id, c.provider_id, c.tx_id) for c in cmds}),
-        "bet": bets,
-        "rnd": round_keys,
-        "rg": list({(c.brand_id, c.player_id) for c in cmds if c.kind in (Kind.BET, Kind.RG_SET)}),
-    }
-    raw = await conn.fetchval(_LOAD, orjson.dumps(keys).decode(), min(window_starts(today).values()), n_ids, shard)
-    data = orjson.loads(raw)
+        # a round is per player: everyone at a live table shares its round id
+        if c.kind is not Kind.RG_SET:
+            keys.rnd.add((c.brand_id, c.provider_id, c.round_id, c.player_id))
+        if c.kind in (Kind.BET, Kind.RG_SET):
+            keys.rg.add((c.brand_id, c.player_id))
+    return keys
 
-    st = BatchState()
-    for a_id, kind, brand, player, cur, bal in data["accounts"] or ():
-        st.accounts[(kind, brand, player, cur)] = Account(a_id, bal, kind == "player")
+
+async def load_into(conn: asyncpg.Connection, st: BatchState, keys: BatchKeys, since: dt.date, shard: int,
+                    n_ids: int) -> list[int]:
+    """Read ``keys`` into ``st`` (creating missing accounts) and draw ``n_ids`` ledger transaction
+    numbers (unique across shards). Keys already in ``st`` keep their value: the writer's cache holds
+    exactly what it committed, and nobody else writes the shard."""
+    if keys.acc or keys.rg:
+        doc = {"acc": [(*k, t) for k, t in keys.acc.items()], "tx": list(keys.tx), "bet": list(keys.bet),
+               "rnd": list(keys.rnd), "rg": list(keys.rg)}
+        raw = await conn.fetchval(_LOAD, orjson.dumps(doc).decode(), since, n_ids, shard)
+    else:  # warm: only new transaction, bet and round keys (typed arrays, no plpgsql, no JSON to parse in)
+        raw = await conn.fetchval(_LOAD_KEYS, *_columns(list(keys.tx), 3), *_columns(list(keys.bet), 3),
+                                  *_columns(list(keys.rnd), 4), n_ids, shard)
+    data = orjson.loads(raw)
+    for a_id, kind, brand, player, cur, bal in data.get("accounts") or ():
+        st.accounts.setdefault((kind, brand, player, cur), Account(a_id, bal, kind == "player"))
     for brand, prov, tx, ltx, status, rhash, player, cur, cmd_id in data["txs"] or ():
-        st.txs[(brand, prov, tx)] = PriorTx(ltx, Status(status), rhash, player, cur, cmd_id)
-    st.bets = dict.fromkeys(bets)
+        st.txs.setdefault((brand, prov, tx), PriorTx(ltx, Status(status), rhash, player, cur, cmd_id))
+    for k in keys.bet:
+        st.bets.setdefault(k, None)
     for brand, prov, tx, rnd, player, cur, amount, free, state, ltx in data["bets"] or ():
-        st.bets[(brand, prov, tx)] = Bet(rnd, player, cur, amount, free, state, ltx)
-    st.tombstones = {(b, p, x) for b, p, x in data["tombstones"] or ()}
-    st.rounds = dict.fromkeys(round_keys)
+        if st.bets.get((brand, prov, tx)) is None:
+            st.bets[(brand, prov, tx)] = Bet(rnd, player, cur, amount, free, state, ltx)
+    st.tombstones.update((b, p, x) for b, p, x in data["tombstones"] or ())
+    for rk in keys.rnd:
+        st.rounds.setdefault(rk, None)
     for brand, prov, rid, player, cur, count, open_, live, bet_total, win_total, closed in data["rounds"] or ():
-        st.rounds[(brand, prov, rid, player)] = Round(player, cur, count, open_, live, bet_total, win_total, closed)
-    for brand, player, cur, key, value, pending, pset, pfrom in data["limits"] or ():
+        if st.rounds.get((brand, prov, rid, player)) is None:
+            st.rounds[(brand, prov, rid, player)] = Round(player, cur, count, open_, live, bet_total, win_total,
+                                                          closed)
+    for brand, player, cur, key, value, pending, pset, pfrom in data.get("limits") or ():
         st.limits.setdefault((brand, player), {})[(cur, key)] = Limit(value, pending, pset, pfrom)
-    for brand, player, cur, day, loss in data["usage"] or ():
+    for brand, player, cur, day, loss in data.get("usage") or ():
         # the day's loss (stake - win, clamped to int64 by the load): only the difference is ever read
         st.usage[(brand, player, cur, dt.date.fromisoformat(day))] = [loss, 0]
-    return st, list(data["ids"] or ())
+    return list(data["ids"] or ())
 
 
-def _outbox_rows(events: list[tuple[str, str, bytes]]) -> list[tuple[str, str, str]]:
-    """One outbox row per ledger transaction, holding all its events (half the rows of one per event)."""
-    rows: list[tuple[str, str, str]] = []
-    group: list[bytes] = []
-    key = ""
-    first_subject = ""
-    for event_id, subject, payload in events:
-        ltx = event_id.partition(":")[0]
-        if ltx != key and group:
-            rows.append((key, first_subject, orjson.dumps([orjson.Fragment(g) for g in group]).decode()))
-            group = []
-        if not group:
-            key, first_subject = ltx, subject
-        group.append(orjson.dumps([event_id, subject, orjson.Fragment(payload)]))
-    if group:
-        rows.append((key, first_subject, orjson.dumps([orjson.Fragment(g) for g in group]).decode()))
-    return rows
+async def draw_ids(conn: asyncpg.Connection, shard: int, n_ids: int) -> list[int]:
+    """Ledger transaction numbers alone (a warm cache needs nothing else): the same sequence as the load."""
+    return list(await conn.fetchval(_IDS, n_ids, shard))
 
 
-def _wide(value: int) -> int | str:
-    """A house or cash sum may leave int64, which JSON numbers (orjson) do not carry: send it as text."""
-    return value if -INT64_MAX <= value <= INT64_MAX else str(value)
+async def load_state(conn: asyncpg.Connection, cmds: Sequence[Command], today: dt.date, shard: int,
+                     n_ids: int) -> tuple[BatchState, list[int]]:
+    """Everything the batch can touch, and ``n_ids`` ledger transaction numbers (no cache)."""
+    st = BatchState()
+    ids = await load_into(conn, st, batch_keys(cmds), min(window_starts(today).values()), shard, n_ids)
+    return st, ids
+
+
+def _outbox_rows(events: list[tuple[str, str, bytes]]) -> tuple[list[str], list[str], list[bytes]]:
+    """One outbox row per batch holding all its events as [event id, subject, event] (the row is
+    named by its first event): the relay only reads it when the writer could not publish."""
+    if not events:
+        return [], [], []
+    body = orjson.dumps([[event_id, subject, orjson.Fragment(payload)] for event_id, subject, payload in events])
+    return [events[0][0]], [events[0][1]], [body]
+
+
+def _columns(rows: Sequence[Sequence[object]], width: int) -> list[Sequence[object]]:
+    """Rows to one array per column (what ``unnest`` takes back apart)."""
+    return list(zip(*rows, strict=True)) if rows else [()] * width
+
+
+# ONE statement, so one atomic transaction and one commit: every table's rows as typed arrays (binary,
+# no JSON to build or parse, no plpgsql), each house and cash balance updated once with the batch's
+# summed delta (numeric, sent as text: a sum may leave int64), the outbox cursor moved to the writer's
+# published watermark, the hash-chain link last. Foreign keys and checks fire as for any insert.
+_WRITE = """
+WITH t AS (
+    INSERT INTO transactions (ledger_tx, brand_id, provider_id, tx_id, kind, status, request_hash, tenant_id,
+                              license, player_id, currency, round_id, ref_tx_id, amount, credit_type,
+                              traceparent, cmd_id, batch_seq)
+    SELECT *, $1::bigint FROM unnest($5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                                     $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
+                                     $17::text[], $18::bigint[], $19::text[], $20::text[], $21::text[])
+), e AS (
+    INSERT INTO entries (ledger_tx, account_id, amount, batch_seq)
+    SELECT *, $1::bigint FROM unnest($22::bigint[], $23::bigint[], $24::bigint[])
+), d AS (
+    UPDATE balances bl SET balance = bl.balance + d.delta::numeric
+      FROM unnest($25::bigint[], $26::text[]) AS d(id, delta) WHERE bl.account_id = d.id
+), b AS (
+    INSERT INTO bets (brand_id, provider_id, tx_id, round_id, player_id, currency, amount, free_round, state,
+                      ledger_tx)
+    SELECT * FROM unnest($27::text[], $28::text[], $29::text[], $30::text[], $31::text[], $32::text[],
+                         $33::bigint[], $34::boolean[], $35::text[], $36::bigint[])
+    ON CONFLICT (brand_id, provider_id, tx_id) DO UPDATE SET state = EXCLUDED.state
+), r AS (
+    INSERT INTO rounds (brand_id, provider_id, round_id, player_id, currency, bet_count, open_bets, live_bets,
+                        bet_total, win_total, closed)
+    SELECT * FROM unnest($37::text[], $38::text[], $39::text[], $40::text[], $41::text[], $42::integer[],
+                         $43::integer[], $44::integer[], $45::bigint[], $46::bigint[], $47::boolean[])
+    ON CONFLICT (brand_id, provider_id, round_id, player_id) DO UPDATE SET
+        bet_count = EXCLUDED.bet_count, open_bets = EXCLUDED.open_bets, live_bets = EXCLUDED.live_bets,
+        bet_total = EXCLUDED.bet_total, win_total = EXCLUDED.win_total, closed = EXCLUDED.closed
+), s AS (
+    INSERT INTO tombstones (brand_id, provider_id, tx_id, ledger_tx)
+    SELECT * FROM unnest($48::text[], $49::text[], $50::text[], $51::bigint[])
+), l AS (
+    INSERT INTO rg_limits (brand_id, player_id, currency, key, value, pending_value, pending_set, pending_from_ms)
+    SELECT * FROM unnest($52::text[], $53::text[], $54::text[], $55::text[], $56::bigint[], $57::bigint[],
+                         $58::boolean[], $59::bigint[])
+    ON CONFLICT (brand_id, player_id, currency, key) DO UPDATE SET value = EXCLUDED.value,
+        pending_value = EXCLUDED.pending_value, pending_set = EXCLUDED.pending_set,
+        pending_from_ms = EXCLUDED.pending_from_ms
+), u AS (
+    INSERT INTO rg_usage (brand_id, player_id, currency, day, staked, won)
+    SELECT u.b, u.p, u.c, u.d, u.s::numeric, u.w::numeric
+      FROM unnest($60::text[], $61::text[], $62::text[], $63::date[], $64::text[], $65::text[]) AS u(b, p, c, d, s, w)
+    ON CONFLICT (brand_id, player_id, currency, day) DO UPDATE SET
+        staked = rg_usage.staked + EXCLUDED.staked, won = rg_usage.won + EXCLUDED.won
+), o AS (
+    INSERT INTO outbox (event_id, subject, payload, batch_seq)
+    SELECT *, $1::bigint FROM unnest($66::text[], $67::text[], $68::bytea[])
+    RETURNING seq
+), c AS (
+    -- every outbox row in (floor, published] was published by the writer: the cursor moves there once it
+    -- has reached floor (what came before is the relay's to recover), never back
+    UPDATE outbox_cursor SET last_seq = $69::bigint
+     WHERE id = 1 AND $69::bigint > 0 AND last_seq >= $70::bigint AND last_seq < $69::bigint
+), h AS (
+    INSERT INTO batches (batch_seq, prev_hash, digest, hash, tx_count) VALUES ($1, $2, $3, $4, $71)
+)
+SELECT coalesce((SELECT max(seq) FROM o), 0)
+"""
 
 
 async def write_mutations(conn: asyncpg.Connection, m: Mutations, batch_seq: int, prev_hash: bytes,
-                          digest: bytes, new_hash: bytes) -> None:
-    doc = {
-        "t": m.txs,
-        "e": m.entries,
-        "d": [(a, _wide(v)) for a, v in m.balance_deltas.items()],
-        "b": [(*k, b.round_id, b.player_id, b.currency, b.amount, b.free_round, b.state, b.ledger_tx)
-              for k, b in m.bets.items()],
-        "r": [(*k, r.currency, r.bet_count, r.open_bets, r.live_bets, r.bet_total, r.win_total, r.closed)
-              for k, r in m.rounds.items()],  # k: brand, provider, round id, player
-        "s": m.tombstones,
-        "l": [(*k, v.value, v.pending_value, v.pending_set, v.pending_from_ms) for k, v in m.limits.items()],
-        "u": [(*k, _wide(v[0]), _wide(v[1])) for k, v in m.usage_deltas.items()],
-        "o": _outbox_rows(m.events),
-    }
-    await conn.execute(_WRITE, batch_seq, prev_hash, digest, new_hash, orjson.dumps(doc).decode())
+                          digest: bytes, new_hash: bytes, published: int = 0, floor: int = 0) -> int:
+    """Write the batch in one statement; the outbox cursor moves to ``published`` (the writer published
+    every row after ``floor`` up to it) if it has reached ``floor``. Returns the outbox seq written (0: none)."""
+    # a transaction row carries its batch_seq at index 15: the statement adds it to every row
+    txs = _columns([(*t[:15], *t[16:]) for t in m.txs], 17)
+    bets = _columns([(*k, b.round_id, b.player_id, b.currency, b.amount, b.free_round, b.state, b.ledger_tx)
+                     for k, b in m.bets.items()], 10)
+    rounds = _columns([(*k, r.currency, r.bet_count, r.open_bets, r.live_bets, r.bet_total, r.win_total, r.closed)
+                       for k, r in m.rounds.items()], 11)  # k: brand, provider, round id, player
+    limits = _columns([(*k, v.value, v.pending_value, v.pending_set, v.pending_from_ms)
+                       for k, v in m.limits.items()], 8)
+    usage = _columns([(*k, str(v[0]), str(v[1])) for k, v in m.usage_deltas.items()], 6)
+    return int(await conn.fetchval(
+        _WRITE, batch_seq, prev_hash, digest, new_hash, *txs, *_columns(m.entries, 3),
+        list(m.balance_deltas), [str(v) for v in m.balance_deltas.values()], *bets, *rounds,
+        *_columns(m.tombstones, 4), *limits, *usage, *_outbox_rows(m.events), published, floor, len(m.txs)))

@@ -6,7 +6,8 @@ writer for the same shard waits as a hot standby. It pulls whatever batches have
 batch's hash-chain link in ONE transaction, commits, publishes one result per command to the reply
 subject each batch names, and only then acks. A writer killed between commit and ack is harmless:
 JetStream redelivers the batch and every command meets its own idempotency row, answering the
-original outcome.
+original outcome. Then it publishes the batch's events (``ledger.outbox`` recovers what it could not).
+Between batches it keeps the shard's hot state in memory (``ledger.hotstate``), dropped on any error.
 
 Faults heal in place. A writer that loses its database or NATS mid-batch neither acks nor answers:
 it NAKs what it holds (so the batch comes straight back, to be reapplied idempotently), reconnects
@@ -20,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -44,9 +46,11 @@ from core.settings import Settings
 from ledger import chain, store, transport
 from ledger import metrics as ledger_metrics
 from ledger.backoff import Backoff
+from ledger.eventpub import EventPublisher
+from ledger.hotstate import HotState
 from ledger.outbox import OutboxRelay
 from ledger.puller import Puller
-from ledger.rules import Engine, utc_day
+from ledger.rules import BatchState, Engine, utc_day, window_starts
 from ledger.sharding import connect
 from ledger.tasks import Supervisor
 
@@ -62,16 +66,24 @@ _BALANCE_SQL = """SELECT b.balance FROM accounts a JOIN balances b USING (accoun
                    WHERE a.kind = 'player' AND a.brand_id = $1 AND a.player_id = $2 AND a.currency = $3"""
 
 
+_CURSOR_SQL = "UPDATE outbox_cursor SET last_seq = $1 WHERE id = 1 AND last_seq >= $2 AND last_seq < $1"
+
+
 def writer_lock_key(settings: Settings, shard: int) -> int:
     digest = hashlib.sha256(f"ledger-writer:{settings.namespace}:{shard}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+Event = tuple[str, str, bytes]  # event id, subject, payload
 
 
 @dataclass(slots=True)
 class BatchOutcome:
     results: list[Result]
     batch_seq: int
-    events: int
+    #: the committed events, for the writer to publish, and the highest outbox seq holding them (0: none)
+    events: list[Event] = field(default_factory=list)
+    outbox_seq: int = 0
 
 
 class BatchApplier:
@@ -84,6 +96,14 @@ class BatchApplier:
         self.cooling_off_ms = settings.rg_cooling_off_s * 1000
         self.events_prefix = transport.subject_prefix(settings)
         self._head: tuple[int, bytes] | None = None
+        #: this connection's view of the shard (a new connection, e.g. after a takeover, starts empty)
+        self.hot = HotState(settings.writer_cache_keys)
+        #: the outbox watermark: every row in (floor, published] was published by this writer; the cursor
+        #: moves there inside the next batch's statement (or ``flush_watermark`` when idle), and only once
+        #: it has reached ``floor`` (rows before this writer's first, or a failed publish, are the relay's)
+        self.published = 0
+        self.floor = -1
+        self.flushed = 0
 
     async def _chain_head(self) -> tuple[int, bytes]:
         if self._head is None:
@@ -99,10 +119,12 @@ class BatchApplier:
                 return await self._apply_once(cmds)
             except _CONNECTION_ERRORS:
                 self._head = None
+                self.hot.drop()
                 raise
             except asyncpg.UniqueViolationError as exc:
                 failure = exc
-                self._head = None  # re-read the chain head: someone wrote to this shard behind our back
+                self._head = None
+                self.hot.drop()  # re-read the chain head: someone wrote to this shard behind our back
                 if attempt == 1 and exc.constraint_name == "batches_pkey":
                     log.error("shard %d: the batch chain moved under this writer; retrying on the new head",
                               self.shard)
@@ -111,7 +133,11 @@ class BatchApplier:
             except asyncpg.PostgresError as exc:
                 failure = exc
                 self._head = None
+                self.hot.drop()
                 break
+            except BaseException:
+                self.hot.drop()  # the engine may have changed it before whatever this was
+                raise
         if len(cmds) == 1:
             cmd = cmds[0]
             logs.bind(logs.trace_id_of(cmd.traceparent), cmd.brand_id, cmd.provider_id, self.shard)
@@ -119,31 +145,70 @@ class BatchApplier:
             # the balance now (the failed transaction left it as it was), never a made-up zero
             balance = await self.conn.fetchval(_BALANCE_SQL, cmd.brand_id, cmd.player_id, cmd.currency)
             return BatchOutcome([Result(cmd.cmd_id, Status.BAD_COMMAND, int(balance or 0), cmd.currency, 0, False,
-                                        "refused by the ledger database")], 0, 0)
+                                        "refused by the ledger database")], 0)
         log.warning("shard %d: batch of %d failed, applying one by one", self.shard, len(cmds))
-        results: list[Result] = []
+        whole = BatchOutcome([], 0)
         for cmd in cmds:
-            results.extend((await self.apply([cmd])).results)
-        return BatchOutcome(results, 0, 0)
+            one = await self.apply([cmd])
+            whole.results.extend(one.results)
+            whole.events.extend(one.events)  # every row written here is in this list: no gap for the watermark
+            whole.outbox_seq = max(whole.outbox_seq, one.outbox_seq)
+        return whole
 
     async def _apply_once(self, cmds: Sequence[Command]) -> BatchOutcome:
         now_ms = int(time.time() * 1000)
         seq, prev_hash = await self._chain_head()
         batch_seq = seq + 1
-        # Two round trips: the load (which may create empty accounts and draws transaction numbers,
-        # both harmless if the batch then fails) and the write, ONE statement and so one atomic
-        # transaction with one commit. Nothing changes the shard in between: this writer holds the
-        # shard's lock, and the database's own constraints still guard every row it writes.
-        state, tx_ids = await store.load_state(self.conn, cmds, utc_day(now_ms), self.shard, len(cmds))
+        # At most two round trips: the load of what the hot state lacks (which may create empty accounts
+        # and draws transaction numbers, both harmless if the batch then fails; none when warm) and the
+        # write, ONE statement and so one atomic transaction with one commit. Nothing changes the shard
+        # in between: this writer holds the shard's lock, and the database's own constraints still
+        # guard every row it writes.
+        state, tx_ids = await self._state(cmds, utc_day(now_ms))
         engine = Engine(state, batch_seq=batch_seq, now_ms=now_ms, tx_ids=tx_ids,
                         cooling_off_ms=self.cooling_off_ms, events_prefix=self.events_prefix)
         results = [engine.apply(cmd) for cmd in cmds]
         m = engine.m
         digest = chain.batch_digest((chain.digest_fields(t) for t in m.txs), m.entries)
         new_hash = chain.chain_hash(prev_hash, batch_seq, digest)
-        await store.write_mutations(self.conn, m, batch_seq, prev_hash, digest, new_hash)
+        published = self.published if self.floor >= 0 else 0
+        outbox_seq = await store.write_mutations(self.conn, m, batch_seq, prev_hash, digest, new_hash,
+                                                 published, self.floor)
         self._head = (batch_seq, new_hash)
-        return BatchOutcome(results, batch_seq, len(m.events))
+        self.flushed = max(self.flushed, published)
+        if outbox_seq and self.floor < 0:
+            self.floor = outbox_seq - 1  # this writer's first row: what came before is not its to vouch for
+        return BatchOutcome(results, batch_seq, m.events, outbox_seq)
+
+    def mark_published(self, outcome: BatchOutcome, ok: bool) -> None:
+        """After publishing ``outcome``'s events: extend the watermark, or (on failure) leave everything up
+        to its rows to the relay, the cursor moving on only after it recovered them."""
+        if not outcome.outbox_seq:
+            return
+        if ok:
+            self.published = max(self.published, outcome.outbox_seq)
+        else:
+            self.floor = max(self.floor, outcome.outbox_seq)
+
+    async def flush_watermark(self) -> None:
+        """When idle: move the cursor to what was published since the last batch's statement."""
+        if self.floor >= 0 and self.published > self.flushed:
+            await self.conn.execute(_CURSOR_SQL, self.published, self.floor)
+            self.flushed = self.published
+
+    async def _state(self, cmds: Sequence[Command], today: dt.date) -> tuple[BatchState, list[int]]:
+        hot = self.hot
+        missing = hot.missing(store.batch_keys(cmds), min(window_starts(today).values()))
+        short = len(cmds) - len(hot.ids)
+        # numbers are drawn a block ahead, so a warm batch rarely needs even that round trip
+        n_ids = max(short, self.settings.batch_max_commands) if short > 0 and hot.limit > 0 else max(short, 0)
+        if missing:
+            hot.ids.extend(await store.load_into(self.conn, hot.state, missing, hot.since or today, self.shard,
+                                                 n_ids))
+            hot.loaded(missing)
+        elif n_ids:
+            hot.ids.extend(await store.draw_ids(self.conn, self.shard, n_ids))
+        return hot.state, hot.take_ids(len(cmds))
 
 
 def decode_batch(data: bytes) -> tuple[list[Command], list[Result]]:
@@ -186,6 +251,10 @@ class ShardWriter:
         self._relay_task: asyncio.Task[None] | None = None
         self._backoff = Backoff(0.1, 5.0)
         self._active_since = float("inf")
+        self._events = EventPublisher(nc, transport.stream_name(settings, settings.events_stream_name))
+        #: events this writer published itself after commit, and batches whose events it could not
+        self.events_published = 0
+        self.event_failures = 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -289,6 +358,8 @@ class ShardWriter:
                 msgs = await puller.next(0.5)
                 if msgs:
                     await self.process(applier, msgs)
+                else:
+                    await applier.flush_watermark()
         finally:
             await puller.stop()
 
@@ -309,6 +380,7 @@ class ShardWriter:
 
     async def _process(self, applier: BatchApplier, msgs: Sequence[Msg]) -> None:
         cmds: list[Command] = []
+        outcome = BatchOutcome([], 0)
         replies: dict[str, str] = {}
         answers: defaultdict[str, list[list[Any]]] = defaultdict(list)
         trace_ids = ",".join(t for m in msgs if (t := (m.headers or {}).get(transport.TRACE_IDS_HEADER)))
@@ -337,12 +409,25 @@ class ShardWriter:
                     answers[reply].append(result.to_wire())
             self.applied += len(cmds)
             self.batches += 1
-            if outcome.events and self.relay is not None:
-                self.relay.wake()
         for reply, rows in answers.items():
             await self.nc.publish(reply, orjson.dumps(rows))
         for msg in msgs:
             await msg.ack()
+        if cmds and outcome.events:
+            applier.mark_published(outcome, await self._publish_events(outcome.events))
+
+    async def _publish_events(self, events: Sequence[Event]) -> bool:
+        """The committed batch's events (``ledger.eventpub``). A failure is only logged: the rows stay in
+        the outbox past the watermark, and the relay publishes them after its grace."""
+        try:
+            await self._events.publish(events, 10.0)
+        except Exception as exc:  # NATS down, the EVENTS stream missing, an ack timeout: the relay recovers
+            self.event_failures += 1
+            log.warning("shard %d: %d events not published (%s: %s); the outbox relay will", self.shard,
+                        len(events), type(exc).__name__, exc)
+            return False
+        self.events_published += len(events)
+        return True
 
 
 async def run_writers(settings: Settings, shards: Sequence[int], stop: asyncio.Event, *, relay: bool = True) -> None:

@@ -95,11 +95,24 @@ def start_gateway(out: Path, shards: int) -> Target:
             raise SystemExit(f"gateway up did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.3)
     text = log.read_text()
-    urls = {m[1]: m[2] for m in re.finditer(r"^\s+(\w+)\s+(\S+)\s+\(pid (\d+)", text, re.M)}
-    servers = {m[1]: int(m[3]) for m in re.finditer(r"^\s+(\w+)\s+(\S+)\s+\(pid (\d+)", text, re.M)}
+    urls = server_urls(text)
+    servers = server_pids(text)
     dsn = os.environ.get("GATEWAY_PG_DSNS") or with_database(urls["postgres"], "gateway")
     return Target(f"http://127.0.0.1:{port}", op_key, secret, pp_secret, dict.fromkeys(range(shards), dsn),
                   up, servers, data)
+
+
+_SERVER_LINE = re.compile(r"^\s+(\w+)\s+(\S+)\s+\(pid (\d+)", re.M)
+
+
+def server_urls(up_log: str) -> dict[str, str]:
+    """The URLs of the servers ``gateway up`` started, from its banner (nats, postgres, redis)."""
+    return {m[1]: m[2] for m in _SERVER_LINE.finditer(up_log)}
+
+
+def server_pids(up_log: str) -> dict[str, int]:
+    """Their pids, for the CPU accounting."""
+    return {m[1]: int(m[3]) for m in _SERVER_LINE.finditer(up_log)}
 
 
 def existing_gateway(base: str, data: Path, shards: int) -> Target:
