@@ -22,6 +22,8 @@ from nats.aio.subscription import Subscription
 from ledger import transport
 
 _EXPECTED_STREAM = "Nats-Expected-Stream"
+#: how often a wait for acks looks at the connection
+_CHECK_S = 0.1
 
 
 class EventsNotStored(Exception):
@@ -67,20 +69,30 @@ class EventPublisher:
         """All of ``events`` stored (or already there), else ``EventsNotStored`` / a NATS error."""
         if not events:
             return
+        if not self.nc.is_connected:
+            raise EventsNotStored("NATS is not connected")
         await self._subscription()
         self._next += 1
         token = str(self._next)
         wait = _Wait(len(events), asyncio.get_running_loop().create_future())
         self._pending[token] = wait
         reply = f"{self._prefix}.{token}."
+        epoch = self.nc.stats["reconnects"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ack_wait_s
         try:
             for i, (event_id, subject, payload) in enumerate(events):
                 await self.nc.publish(subject, payload, reply=f"{reply}{i}",
                                       headers={transport.MSG_ID_HEADER: event_id, _EXPECTED_STREAM: self.stream})
-            try:
-                await asyncio.wait_for(asyncio.shield(wait.done), ack_wait_s)
-            except TimeoutError:
-                raise EventsNotStored(f"{wait.left} of {len(events)} events not acked in {ack_wait_s:g}s") from None
+            while not wait.done.done():
+                # acks of publishes a restarted server never stored will not come: after a disconnect the
+                # relay recovers these rows, and the writer must not sit out the whole ack wait
+                if self.nc.stats["reconnects"] != epoch or not self.nc.is_connected:
+                    raise EventsNotStored(f"NATS connection lost with {wait.left} of {len(events)} acks missing")
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise EventsNotStored(f"{wait.left} of {len(events)} events not acked in {ack_wait_s:g}s")
+                await asyncio.wait((wait.done,), timeout=min(_CHECK_S, remaining))
         finally:
             self._pending.pop(token, None)
         if wait.errors:

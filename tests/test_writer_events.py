@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from pathlib import Path
 
 import nats
 import orjson
@@ -13,6 +14,7 @@ from nats.aio.msg import Msg
 
 from core.commands import Command, Kind
 from core.settings import Settings
+from gateway import embedded
 from ledger import transport
 from ledger.eventpub import EventPublisher, EventsNotStored
 from ledger.outbox import OutboxRelay
@@ -140,3 +142,37 @@ async def test_a_failed_publish_leaves_the_cursor_to_the_relay(own_db: Settings)
     finally:
         await db.close()
         await nc.drain()
+
+
+async def test_a_publish_waiting_for_acks_gives_up_when_the_connection_drops(tmp_path: Path) -> None:
+    """Acks of events a killed server never stored will not come: after a reconnect the writer leaves the
+    batch to the relay at once instead of sitting out the whole ack wait, with its shard stalled."""
+    server = await asyncio.to_thread(embedded.start_nats, tmp_path)
+    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        # a plain subscriber that never answers: no "no responders" status, so no ack ever comes
+        async def silent(msg: Msg) -> None:
+            return None
+
+        await nc.subscribe("events.t.b.bet.placed", cb=silent)
+        publisher = EventPublisher(nc, "EVENTS")
+        attempt = asyncio.create_task(publisher.publish([("1:bet.placed", "events.t.b.bet.placed", b"{}")], 120.0))
+        await asyncio.sleep(0.3)
+        assert not attempt.done()
+        server.process.kill()
+        await asyncio.to_thread(server.process.wait, 10)
+        await asyncio.to_thread(server.stop)
+        server = await asyncio.to_thread(embedded.start_nats, tmp_path, port=server.port)
+        with pytest.raises(EventsNotStored, match="connection lost"):
+            await asyncio.wait_for(attempt, 60)
+        with pytest.raises(EventsNotStored, match="not connected"):  # and nothing is sent while it is down
+            server.process.kill()
+            await asyncio.to_thread(server.process.wait, 10)
+            for _ in range(100):
+                if not nc.is_connected:
+                    break
+                await asyncio.sleep(0.05)
+            await publisher.publish([("2:bet.placed", "events.t.b.bet.placed", b"{}")], 120.0)
+    finally:
+        await nc.close()
+        await asyncio.to_thread(server.stop)
