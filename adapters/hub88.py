@@ -27,7 +27,7 @@ from adapters import flow
 from adapters.base import Adapter, Echo, WalletPort
 from core import errors as e
 from core.commands import Command, Kind, clean_text
-from core.http import header_bytes, unique_keys
+from core.http import header_bytes, json_object, unique_keys
 from core.money import exponent
 from core.records import PlayerSession, ProviderConfig
 
@@ -211,12 +211,7 @@ class Hub88Adapter(Adapter):
 
     def decode(self, request: web.Request, raw: bytes, echo: Echo) -> _Fields:
         self.verify(raw, header_bytes(request, SIGNATURE_HEADER))
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise e.MalformedBody("body is not JSON") from None
-        if not isinstance(data, dict):
-            raise e.MalformedBody("body is not a JSON object")
+        data = json_object(raw, unique=False)
         for key in ("user", "request_uuid"):
             if _echoable(data.get(key)):
                 echo[key] = data[key]

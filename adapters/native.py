@@ -21,7 +21,7 @@ from adapters import flow
 from adapters.base import Adapter, Echo
 from core import errors as E
 from core.commands import Kind, Result
-from core.http import field, header_bytes, unique_keys
+from core.http import field, header_bytes, json_object
 from core.money import exponent, format_minor, to_minor
 from core.records import PlayerSession
 
@@ -62,14 +62,7 @@ class NativeAdapter(Adapter):
         given = header_bytes(request, SIGNATURE_HEADER) or b""
         if not hmac.compare_digest(given, sign(self.config.secret, raw).encode()):
             raise E.InvalidSignature()
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise E.MalformedBody("body is not JSON") from None
-        if not isinstance(body, dict):
-            raise E.MalformedBody("body must be a JSON object")
-        unique_keys(raw, body)
-        return body
+        return json_object(raw)
 
     def render(self, reply: dict[str, Any]) -> web.Response:
         return _json(200, {"status": OK, **reply})

@@ -78,16 +78,22 @@ async def read_body(request: web.Request) -> bytes:
         raise E.MalformedBody("request body is malformed (transfer encoding)") from None
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    raw = await read_body(request)
+def json_object(raw: bytes, *, unique: bool = True) -> dict[str, Any]:
+    """A body that must be one JSON object; a key given twice is refused (``unique=False`` leaves that
+    check to the caller, for protocols that first pick the fields their error answer echoes)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise E.MalformedBody("body is not JSON") from None
     if not isinstance(body, dict):
         raise E.MalformedBody("body must be a JSON object")
-    unique_keys(raw, body)
+    if unique:
+        unique_keys(raw, body)
     return body
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    return json_object(await read_body(request))
 
 
 def unique_keys(raw: bytes | str, parsed: Any) -> None:
