@@ -55,8 +55,11 @@ test: build
 	$(BIN)/ruff check .
 	$(BIN)/cython-lint hotpath
 	$(BIN)/mypy
-	$(BIN)/pytest -q $(PYTEST_ARGS)
-	GATEWAY_NO_EXTENSIONS=1 $(BIN)/pytest -q tests/hotpath
+	@# a temp folder of this run's own (removed after it): pytest's shared default prunes the folders of
+	@# other runs, embedded servers' data included, when several suites run on one machine at once
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  $(BIN)/pytest -q --basetemp="$$tmp/suite" $(PYTEST_ARGS) && \
+	  GATEWAY_NO_EXTENSIONS=1 $(BIN)/pytest -q --basetemp="$$tmp/pure" tests/hotpath
 
 bench: bench-hotpath bench-redis bench-ledger bench-e2e
 

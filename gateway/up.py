@@ -52,6 +52,7 @@ def dev_defaults(settings: Settings, data: Path) -> Settings:
 
 
 def run_up(settings: Settings, *, workers: int = 0) -> int:
+    from gateway import serverproc
     from gateway.embedded import EmbeddedStack
     from ledger.migrate import migrate_all
 
@@ -59,6 +60,8 @@ def run_up(settings: Settings, *, workers: int = 0) -> int:
     data.mkdir(parents=True, exist_ok=True)
     settings = settings.replace(data_dir=str(data))
     print(f"gateway up: data folder {data}", flush=True)
+    # the gateway (and a writer's health port) bind only once the servers run: keep the servers off them
+    serverproc.RESERVED_PORTS.update(p for p in (settings.http_port, settings.writer_http_port) if p)
     stack = EmbeddedStack(data, nats_url=settings.nats_url or None, pg_dsn=settings.pg_dsns or None,
                           redis_url=settings.redis_url or None, database=None if settings.pg_dsns else "gateway")
     sup: Supervisor | None = None

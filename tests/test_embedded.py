@@ -252,3 +252,31 @@ async def test_stack_restarts_a_killed_server_on_its_port_with_its_data(tmp_path
         nats_server.process.kill()
         nats_server.process.wait()
         assert stack.restart(nats_server).url == stack.nats_url and _port_open(stack.servers[0].port)
+
+
+def test_free_port_never_hands_out_a_reserved_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``gateway up`` reserves the gateway's HTTP port, which is free until the gateway binds it: the
+    kernel may offer it for port 0 meanwhile, and a server started on it would lock the gateway out."""
+    from gateway import serverproc
+
+    offered = iter([41001, 41001, 41002])
+
+    class FakeSocket:
+        def __init__(self, *args: object) -> None:
+            self.port = next(offered)
+
+        def __enter__(self) -> FakeSocket:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def bind(self, address: tuple[str, int]) -> None:
+            return None
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(serverproc, "RESERVED_PORTS", {41001})
+    monkeypatch.setattr("gateway.serverproc.socket.socket", FakeSocket)
+    assert serverproc.free_port() == 41002
