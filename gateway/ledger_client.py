@@ -48,6 +48,15 @@ log = logging.getLogger(__name__)
 _SHEDDABLE = frozenset({Kind.BET, Kind.WITHDRAW})
 
 
+class _Expired(Exception):
+    """A command's result did not arrive within the ledger timeout (set on its future by its timer)."""
+
+
+def _expire(fut: asyncio.Future[Result]) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
+
+
 @dataclass(slots=True)
 class _Pending:
     cmd: Command
@@ -169,19 +178,24 @@ class LedgerClient:
         shard = self.shard_of(cmd.player_id)
         st = self._state[shard]
         now = time.monotonic_ns()
-        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Result] = loop.create_future()
         pending = _Pending(cmd, orjson.dumps(cmd.to_wire()), fut, now)
         lane = LANE_BET if cmd.kind in _SHEDDABLE else LANE_SETTLE
         if not st.queue.offer(lane, pending, now):
             raise Overloaded("ledger shard is behind; bet shed", retry_after_s=1.0)
         self._waiting[cmd.cmd_id] = pending
         st.wake.set()
+        # one timer handle on the future itself: ``wait_for(shield(...))`` cost two extra futures and
+        # callbacks per command; the deadline fails the future (awaited right here, so always retrieved)
+        timer = loop.call_later(self.settings.ledger_timeout_ms / 1000, _expire, fut)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.settings.ledger_timeout_ms / 1000)
-        except TimeoutError:
+            return await fut
+        except _Expired:
             self.timeouts += 1
             raise LedgerTimeout(retry_after_s=1.0) from None
         finally:
+            timer.cancel()
             self._waiting.pop(cmd.cmd_id, None)
             if not fut.done():
                 fut.cancel()
@@ -237,8 +251,10 @@ class LedgerClient:
         if deadline is None:
             await st.wake.wait()
         else:
+            # ``asyncio.timeout``, not ``wait_for``: no extra task per turn
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(st.wake.wait(), max(0.0, (deadline - time.monotonic_ns()) / 1e9))
+                async with asyncio.timeout(max(0.0, (deadline - time.monotonic_ns()) / 1e9)):
+                    await st.wake.wait()
 
     def _to_batcher(self, shard: int, batcher: Batcher, items: list[object], now: int) -> None:
         live = [p for p in items if isinstance(p, _Pending)

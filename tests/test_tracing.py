@@ -100,3 +100,35 @@ async def test_command_span_joins_the_providers_trace(api: Api) -> None:
     spans = [s for s in exporter.get_finished_spans() if s.name == "ledger.command"]
     ours = [s for s in spans if f"{s.context.trace_id:032x}" == trace_id]
     assert len(ours) == 1 and (ours[0].attributes or {}).get("ledger.kind") == "bet", spans
+
+
+def test_new_traceparent_is_well_formed_and_fresh() -> None:
+    from gateway.wallet import new_traceparent, valid_traceparent
+
+    made = {new_traceparent() for _ in range(1000)}
+    assert len(made) == 1000
+    assert all(valid_traceparent(tp) == tp for tp in made)  # what a caller could send back is kept
+
+
+def test_command_ids_are_32_hex_and_never_repeat_in_a_forked_child() -> None:
+    """The ledger tells a redelivery (same id) from a retry (new id): a forked worker must not replay
+    its parent's sequence of ids."""
+    import os
+
+    from gateway.wallet import new_cmd_id
+
+    ids = [new_cmd_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids go to the parent, then it leaves at once
+        os.write(write, ",".join(new_cmd_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode().split(",")
+    parent = [new_cmd_id() for _ in range(3)]
+    assert not set(child) & set(parent)
+    assert child[0][:20] != parent[0][:20]
