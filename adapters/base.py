@@ -9,6 +9,7 @@ protocol's code (looked up along the class's MRO); a test proves no class is lef
 
 from __future__ import annotations
 
+import abc
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -64,7 +65,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Echo = dict[str, Any]
 
 
-class Adapter:
+class Adapter(abc.ABC):
     """Base of every protocol module.
 
     ``handle`` is the one request path of every protocol: read the body (source network, size, deadline),
@@ -86,9 +87,9 @@ class Adapter:
         self.wallet = wallet
         self.log = logging.getLogger(type(self).__module__)
 
+    @abc.abstractmethod
     def routes(self) -> list[web.AbstractRouteDef]:
         """Routes relative to the provider's mount point."""
-        raise NotImplementedError
 
     # --- the one request path and its hooks -------------------------------------------------------------
     def endpoint(self, op: Op) -> Handler:
@@ -116,17 +117,17 @@ class Adapter:
             return self.render_error(answer_for(exc, f"{self.protocol} {self.config.id} {request.path}",
                                                 self.log), echo)
 
+    @abc.abstractmethod
     def decode(self, request: web.Request, raw: bytes, echo: Echo) -> Any:
         """Authenticate the call, then parse ``raw`` into what the protocol's calls take."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def render(self, reply: Any) -> web.StreamResponse:
         """The HTTP answer for a call's reply."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def render_error(self, exc: GatewayError, echo: Echo) -> web.StreamResponse:
         """The HTTP answer for an error, in the protocol's format with its code from ``ERRORS``."""
-        raise NotImplementedError
 
     def own_answer(self, exc: Exception, echo: Echo) -> web.StreamResponse | None:
         """The answer to one of the protocol's internal exceptions; ``None`` for anything unexpected."""

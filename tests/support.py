@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import time
 import uuid
 from typing import Any
 
@@ -13,7 +15,10 @@ import yarl
 
 from adapters.sim import Call
 from adapters.sim.native import NativeClient
+from core.commands import Command, Result
+from core.errors import Retryable
 from core.records import ProviderConfig
+from gateway.ledger_client import LedgerClient
 
 OPERATOR_KEY = "test-operator-key"
 ADMIN_KEY = "test-admin-key-1"
@@ -158,3 +163,15 @@ async def closed_by_server(reader: asyncio.StreamReader, *, within_s: float) -> 
     except ConnectionError:
         pass
     return True
+
+
+async def until_result(client: LedgerClient, cmd: Command, deadline: float) -> Result:
+    """What a provider does: retry the same transaction (each attempt its own id) until it is answered."""
+    attempt = cmd
+    while True:
+        try:
+            return await client.submit(attempt)
+        except Retryable:
+            assert time.monotonic() < deadline, f"no answer for {cmd.tx_id} in time"
+            await asyncio.sleep(0.1)
+            attempt = dataclasses.replace(cmd, cmd_id=uuid.uuid4().hex)

@@ -4,6 +4,7 @@ unexpected error in a writer, a stalled shard reported by /readyz until it moves
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -18,9 +19,9 @@ from typing import Any
 import asyncpg
 import nats
 import pytest
+from nats.aio.client import Client as NATS
 
-from core.commands import Command, Kind, Result, Status
-from core.errors import Retryable
+from core.commands import Kind, Status
 from core.settings import Settings
 from gateway import embedded
 from gateway.ledger_client import LedgerClient
@@ -32,7 +33,7 @@ from ledger.tasks import Supervisor
 from ledger.writer import BatchApplier, run_writers
 from tests.conftest import running_gateway
 from tests.pgproxy import PgProxy
-from tests.support import Api
+from tests.support import Api, until_result
 from tests.test_ledger import applier_on, command
 
 
@@ -72,6 +73,21 @@ async def stop_writers(w: Writers) -> None:
     await asyncio.wait_for(w.task, 30)
 
 
+@contextlib.asynccontextmanager
+async def writers_and_client(s: Settings) -> AsyncIterator[tuple[Writers, NATS, LedgerClient]]:
+    """Writers for every shard of ``s`` and a gateway-side ledger client in front of them."""
+    writers = await start_writers(s)
+    nc = await nats.connect(s.nats_url)
+    client = LedgerClient(s, nc)
+    await client.start()
+    try:
+        yield writers, nc, client
+    finally:
+        await client.close()
+        await nc.drain()
+        await stop_writers(writers)
+
+
 async def until(what: str, check: Callable[[], Awaitable[bool]], within_s: float = 20.0) -> None:
     """Poll ``check`` until it holds; fail naming ``what`` after ``within_s``."""
     deadline = time.monotonic() + within_s
@@ -106,16 +122,6 @@ async def settle(call: Callable[[], Awaitable[tuple[int, dict[str, Any]]]], dead
         await asyncio.sleep(0.2)
 
 
-async def until_result(client: LedgerClient, cmd: Command, deadline: float) -> Result:
-    """A provider's retry of the same transaction (each attempt its own id) until it is answered."""
-    attempt = cmd
-    while True:
-        try:
-            return await client.submit(attempt)
-        except Retryable:
-            assert time.monotonic() < deadline, "no answer in time"
-            await asyncio.sleep(0.1)
-            attempt = dataclasses.replace(cmd, cmd_id=uuid.uuid4().hex)
 
 
 async def count_rows(s: Settings, tx_ids: list[str]) -> dict[str, int]:
@@ -251,11 +257,7 @@ async def test_a_pull_request_whose_end_was_never_heard_is_renewed(heal_db: Sett
 
 async def test_a_writer_recreates_its_deleted_consumer(heal_db: Settings) -> None:
     s = heal_db
-    writers = await start_writers(s)
-    nc = await nats.connect(s.nats_url)
-    client = LedgerClient(s, nc)
-    await client.start()
-    try:
+    async with writers_and_client(s) as (_writers, nc, client):
         player = next(f"gone-{i}" for i in range(100) if client.shard_of(f"gone-{i}") == 0)
         deadline = time.monotonic() + 20
         first = await until_result(client, command(Kind.DEPOSIT, player, "dep-1", 100, provider_id="operator"),
@@ -265,10 +267,6 @@ async def test_a_writer_recreates_its_deleted_consumer(heal_db: Settings) -> Non
         again = await until_result(client, command(Kind.DEPOSIT, player, "dep-2", 100, provider_id="operator"),
                                    deadline)
         assert again.applied and again.balance == 200
-    finally:
-        await client.close()
-        await nc.drain()
-        await stop_writers(writers)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------------------
@@ -289,47 +287,41 @@ async def test_writers_heal_after_a_postgres_restart(tmp_path: Path, settings: S
                          namespace=f"{settings.namespace}p{suffix}", instance_id=f"pg-{suffix}",
                          writer_ack_wait_s=1, ledger_timeout_ms=1000, writer_http_port=embedded.free_port())
     await migrate_all(s.shard_dsns())
-    writers = await start_writers(s)
-    nc = await nats.connect(s.nats_url)
-    client = LedgerClient(s, nc)
-    await client.start()
     try:
-        deadline = time.monotonic() + 60
-        players = [f"pg-{i}" for i in range(6)]
-        deposits = [command(Kind.DEPOSIT, p, f"dep-{p}", 10_000, provider_id="operator") for p in players]
-        assert all(r.applied for r in await asyncio.gather(*(until_result(client, c, deadline) for c in deposits)))
+        async with writers_and_client(s) as (writers, _nc, client):
+            deadline = time.monotonic() + 60
+            players = [f"pg-{i}" for i in range(6)]
+            deposits = [command(Kind.DEPOSIT, p, f"dep-{p}", 10_000, provider_id="operator") for p in players]
+            assert all(r.applied for r in await asyncio.gather(*(until_result(client, c, deadline) for c in deposits)))
 
-        # PostgreSQL dies (immediate shutdown: crash recovery at the next start) and comes back; for a
-        # while every new connection hears "the database system is starting up". The test server runs
-        # without synchronous commit, so a checkpoint first keeps what was committed
-        admin = await asyncpg.connect(pg.url)
-        await admin.execute("CHECKPOINT")
-        await admin.close()
-        proxy.starting_up = True
-        pg.process.send_signal(signal.SIGQUIT)
-        await asyncio.to_thread(pg.process.wait)
-        bets = [command(Kind.BET, p, f"bet-{p}-{n}", 100) for n in range(3) for p in players]
-        tasks = [asyncio.create_task(until_result(client, c, deadline)) for c in bets]
-        pg = await asyncio.to_thread(embedded.start_postgres, tmp_path, fast=True, port=pg.port)
-        refused = proxy.refused
-        await until("writers met the start-up phase", lambda: _grew(proxy, refused + 4))
-        proxy.starting_up = False
+            # PostgreSQL dies (immediate shutdown: crash recovery at the next start) and comes back; for a
+            # while every new connection hears "the database system is starting up". The test server runs
+            # without synchronous commit, so a checkpoint first keeps what was committed
+            admin = await asyncpg.connect(pg.url)
+            await admin.execute("CHECKPOINT")
+            await admin.close()
+            proxy.starting_up = True
+            pg.process.send_signal(signal.SIGQUIT)
+            await asyncio.to_thread(pg.process.wait)
+            bets = [command(Kind.BET, p, f"bet-{p}-{n}", 100) for n in range(3) for p in players]
+            tasks = [asyncio.create_task(until_result(client, c, deadline)) for c in bets]
+            pg = await asyncio.to_thread(embedded.start_postgres, tmp_path, fast=True, port=pg.port)
+            refused = proxy.refused
+            await until("writers met the start-up phase", lambda: _grew(proxy, refused + 4))
+            proxy.starting_up = False
 
-        results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
-        assert all(r.status is Status.OK for r in results), results
-        async with http.get(f"http://127.0.0.1:{s.writer_http_port}/metrics") as resp:
-            text = await resp.text()
-        for shard in range(s.shards):  # they failed and carried on: no task died or was restarted
-            assert metric(text, "ledger_writer_failures_total", shard) > 0
-            assert metric(text, "ledger_writer_restarts_total", shard) == 0
-            assert metric(text, "ledger_writer_active", shard) == 1
-        assert not writers.task.done()
-        counts = await count_rows(s, [c.tx_id for c in bets + deposits])
-        assert set(counts.values()) == {1}, counts
+            results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+            assert all(r.status is Status.OK for r in results), results
+            async with http.get(f"http://127.0.0.1:{s.writer_http_port}/metrics") as resp:
+                text = await resp.text()
+            for shard in range(s.shards):  # they failed and carried on: no task died or was restarted
+                assert metric(text, "ledger_writer_failures_total", shard) > 0
+                assert metric(text, "ledger_writer_restarts_total", shard) == 0
+                assert metric(text, "ledger_writer_active", shard) == 1
+            assert not writers.task.done()
+            counts = await count_rows(s, [c.tx_id for c in bets + deposits])
+            assert set(counts.values()) == {1}, counts
     finally:
-        await client.close()
-        await nc.drain()
-        await stop_writers(writers)
         await proxy.close()
         pg.stop()
 
@@ -354,11 +346,7 @@ async def test_writer_logs_an_unexpected_error_and_carries_on(heal_db: Settings,
 
     monkeypatch.setattr(BatchApplier, "apply", flaky)
     s = heal_db.replace(ledger_timeout_ms=3000)
-    writers = await start_writers(s)
-    nc = await nats.connect(s.nats_url)
-    client = LedgerClient(s, nc)
-    await client.start()
-    try:
+    async with writers_and_client(s) as (writers, _nc, client):
         with caplog.at_level(logging.ERROR, logger="ledger.writer"):
             cmd = command(Kind.DEPOSIT, "flaky", "dep-flaky", 700, provider_id="operator")
             result = await until_result(client, cmd, time.monotonic() + 20)
@@ -367,10 +355,6 @@ async def test_writer_logs_an_unexpected_error_and_carries_on(heal_db: Settings,
         assert any(isinstance(r.exc_info[1], RuntimeError) for r in logged if r.exc_info), caplog.text
         assert not writers.task.done()
         assert (await count_rows(s, ["dep-flaky"])) == {"dep-flaky": 1}
-    finally:
-        await client.close()
-        await nc.drain()
-        await stop_writers(writers)
 
 
 async def test_a_gateway_pump_logs_an_unexpected_error_and_carries_on(
@@ -385,20 +369,12 @@ async def test_a_gateway_pump_logs_an_unexpected_error_and_carries_on(
         original(self, shard, *args)
 
     monkeypatch.setattr(LedgerClient, "_to_batcher", flaky)
-    writers = await start_writers(heal_db)
-    nc = await nats.connect(heal_db.nats_url)
-    client = LedgerClient(heal_db, nc)
-    await client.start()
-    try:
+    async with writers_and_client(heal_db) as (_writers, _nc, client):
         with caplog.at_level(logging.ERROR, logger="gateway.ledger_client"):
             cmd = command(Kind.DEPOSIT, "pumped", "dep-pumped", 900, provider_id="operator")
             result = await until_result(client, cmd, time.monotonic() + 20)
         assert failed and result.applied and result.balance == 900 and client.pump_failures == 1
         assert any(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in caplog.records), caplog.text
-    finally:
-        await client.close()
-        await nc.drain()
-        await stop_writers(writers)
 
 
 async def test_a_supervised_task_that_ends_is_logged_as_a_crash_and_restarted(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import os
 import signal
@@ -20,8 +19,7 @@ import nats
 import orjson
 import pytest
 
-from core.commands import Command, Kind, Result
-from core.errors import Retryable
+from core.commands import Command, Kind
 from core.settings import Settings
 from gateway import embedded
 from gateway.ledger_client import LedgerClient
@@ -29,7 +27,7 @@ from ledger.migrate import migrate_all
 from ledger.reconcile import reconcile
 from ledger.sharding import connect
 from ledger.writer import BatchApplier
-from tests.support import Api
+from tests.support import Api, until_result
 
 
 def command(kind: Kind, player: str, tx: str, amount: int = 0, **kw: Any) -> Command:
@@ -72,17 +70,6 @@ def _start_writer(s: Settings) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "gateway", "ledger", "--shards", "all"], env=env)
 
 
-async def _until_result(client: LedgerClient, cmd: Command, deadline: float) -> Result:
-    """What a provider does: retry the same transaction (a new attempt id) until it gets an answer."""
-    attempt = cmd
-    while True:
-        try:
-            return await client.submit(attempt)
-        except Retryable:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
-            attempt = dataclasses.replace(cmd, cmd_id=uuid.uuid4().hex)
 
 
 @pytest.mark.slow
@@ -95,13 +82,13 @@ async def test_writer_killed_mid_stream_loses_and_doubles_nothing(own_db: Settin
     players = [f"kill-{i}" for i in range(12)]
     try:
         deposits = [command(Kind.DEPOSIT, p, f"dep-{p}", 100_000, provider_id="operator") for p in players]
-        assert all(r.applied for r in await asyncio.gather(*(_until_result(client, c, deadline) for c in deposits)))
+        assert all(r.applied for r in await asyncio.gather(*(until_result(client, c, deadline) for c in deposits)))
         bets = [command(Kind.BET, p, f"bet-{p}-{n}", 100) for n in range(25) for p in players]
-        tasks = [asyncio.create_task(_until_result(client, c, deadline)) for c in bets[:150]]
+        tasks = [asyncio.create_task(until_result(client, c, deadline)) for c in bets[:150]]
         await asyncio.sleep(0.05)
         writer.send_signal(signal.SIGKILL)  # no drain, no ack: whatever it committed stays unacked
         writer.wait()
-        tasks += [asyncio.create_task(_until_result(client, c, deadline)) for c in bets[150:]]
+        tasks += [asyncio.create_task(until_result(client, c, deadline)) for c in bets[150:]]
         await asyncio.sleep(0.5)
         writer = _start_writer(own_db)
         results = await asyncio.gather(*tasks)
