@@ -32,7 +32,7 @@ import psutil
 
 from adapters.sim.native import NativeClient
 from gateway.embedded import free_port
-from loadtests.run import CpuMeter, Target, server_pids
+from loadtests.run import CpuMeter, Target, _get, server_pids
 
 Run = tuple[int, int, list[float], dict[str, float]]  # calls/s, errors, sorted latencies, CPU µs per call
 
@@ -106,10 +106,28 @@ def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float
     return log.read_text()
 
 
+_COUNTERS = {"gateway_ledger_batches_published_total": "messages", "ledger_writer_batches_total": "transactions",
+             "ledger_writer_applied_total": "commands"}
+
+
+def batching(urls: list[str]) -> dict[str, float]:
+    """The ledger counters that tell how well commands are batched, summed over shards."""
+    out = dict.fromkeys(_COUNTERS.values(), 0.0)
+    for url in urls:
+        for line in _get(url)[1].splitlines():
+            name, _, value = line.partition("{")[0].partition(" ")[0], None, line.rsplit(" ", 1)[-1]
+            if name in _COUNTERS:
+                out[_COUNTERS[name]] += float(value)
+    return out
+
+
 def measured(target: Target, extra: dict[str, int], base: str,
-             rounds: list[list[tuple[str, bytes, dict[str, str]]]], seconds: float) -> Run:
-    """One driven run with the CPU of every process (the generator's own, without its children)."""
+             rounds: list[list[tuple[str, bytes, dict[str, str]]]], seconds: float,
+             counters: list[str] = []) -> Run:  # noqa: B006 - never mutated
+    """One driven run with the CPU of every process (the generator's own, without its children), and
+    the batching counters (commands per JetStream message and per PostgreSQL transaction) if given."""
     me = psutil.Process()
+    before = batching(counters)
     meter = CpuMeter(target, extra)
     mine = me.cpu_times()
     rate, errors, lat = asyncio.run(drive(base, rounds, seconds))
@@ -117,6 +135,10 @@ def measured(target: Target, extra: dict[str, int], base: str,
     after = me.cpu_times()
     cpu["load generator"] = after.user + after.system - mine.user - mine.system
     calls = max(len(lat), 1)
+    if counters:
+        moved = {k: v - before[k] for k, v in batching(counters).items()}
+        print(f"  batching: {moved['commands'] / max(moved['messages'], 1):.1f} commands per JetStream message, "
+              f"{moved['commands'] / max(moved['transactions'], 1):.1f} per PostgreSQL transaction")
     return rate, errors, lat, {k: v * 1e6 / calls for k, v in cpu.items()}
 
 
@@ -150,9 +172,10 @@ def main() -> None:
     rounds_each = 4000
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     with tempfile.TemporaryDirectory(prefix="e2e-bench-") as tmp:
-        port = free_port()
+        port, writer_port = free_port(), free_port()
         log = Path(tmp) / "up.log"
         env.update(GATEWAY_DATA_DIR=f"{tmp}/data", GATEWAY_HTTP_PORT=str(port), GATEWAY_LOG_LEVEL="WARNING",
+                   GATEWAY_WRITER_HTTP_PORT=str(writer_port),
                    GATEWAY_WORKERS=str(args.workers), GATEWAY_RL_PLAYER_PER_S="100000",
                    GATEWAY_RL_PLAYER_BURST="100000", GATEWAY_RL_ROUND_PER_S="100000",
                    GATEWAY_RL_ROUND_BURST="100000")
@@ -174,7 +197,7 @@ def main() -> None:
                 for level in levels:
                     share = (rounds_each * 2 - used) // len(levels)
                     gw[level] = measured(target, {}, base, [r[used:used + share] for r in rounds[:level]],
-                                         args.seconds)
+                                         args.seconds, [f"{base}/metrics", f"http://127.0.0.1:{writer_port}/metrics"])
                     used += share
             finally:
                 up.send_signal(signal.SIGINT)

@@ -31,8 +31,14 @@ def parse_shard_range(spec: str, total: int) -> list[int]:
     return sorted(out)
 
 
-async def connect(dsn: str, shard: int, **kw: Any) -> asyncpg.Connection:
-    return await asyncpg.connect(dsn, server_settings={"search_path": schema_for(shard)}, **kw)
+#: for a shard writer's connection: every statement it runs touches a batch's keys, so a plan that scans
+#: a whole table (a hash join of the batch's ``unnest`` against ``transactions``, say) costs O(table) per
+#: batch and grows with the ledger; without these the planner picks one whenever its row estimates say so
+KEY_LOOKUPS_ONLY = {"enable_seqscan": "off", "enable_hashjoin": "off", "enable_mergejoin": "off"}
+
+
+async def connect(dsn: str, shard: int, settings: dict[str, str] | None = None, **kw: Any) -> asyncpg.Connection:
+    return await asyncpg.connect(dsn, server_settings={"search_path": schema_for(shard), **(settings or {})}, **kw)
 
 
 async def create_pool(dsn: str, shard: int, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:

@@ -51,7 +51,7 @@ from ledger.hotstate import HotState
 from ledger.outbox import OutboxRelay
 from ledger.puller import Puller
 from ledger.rules import BatchState, Engine, utc_day, window_starts
-from ledger.sharding import connect
+from ledger.sharding import KEY_LOOKUPS_ONLY, connect
 from ledger.tasks import Supervisor
 
 log = logging.getLogger(__name__)
@@ -291,7 +291,7 @@ class ShardWriter:
             pass
 
     async def _run_once(self) -> None:
-        conn = await connect(self.dsn, self.shard)
+        conn = await connect(self.dsn, self.shard, KEY_LOOKUPS_ONLY)
         try:
             key = writer_lock_key(self.settings, self.shard)
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
