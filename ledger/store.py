@@ -2,11 +2,14 @@
 
 A miss is read by ONE call (``gw_load_batch``: accounts created where missing, prior outcomes, bets,
 tombstones, rounds, limits, usage and new transaction numbers), only for the keys the writer's hot
-state lacks (``load_into``; often just the batch's new transaction ids). The batch is written by ONE
-statement, so one atomic transaction (``_WRITE``: every row as typed arrays through ``unnest``, each
-house and cash balance updated once with the batch's summed delta, the batch's events as one outbox
-row, the outbox cursor moved to the writer's published watermark, the hash-chain link last). At most
-two round trips per batch whatever its size, which is what makes group commit pay.
+state lacks (``load_into``). A warm batch whose only misses are its own new keys (new transaction ids,
+a bet's own id and round) skips even that: the keys are presumed absent and the write proves it, failing
+where one exists (``presumable``), after which the writer loads them and decides the batch again.
+The batch is written by ONE statement, so one atomic transaction (``_WRITE``: every row as typed
+arrays through ``unnest``, each house and cash balance updated once with the batch's summed delta, the
+batch's events as one outbox row, the outbox cursor moved to the writer's published watermark, the
+hash-chain link last). At most two round trips per batch whatever its size (one when warm), which is
+what makes group commit pay.
 """
 
 from __future__ import annotations
@@ -100,6 +103,26 @@ def batch_keys(cmds: Sequence[Command]) -> BatchKeys:
         if c.kind in (Kind.BET, Kind.RG_SET):
             keys.rg.add((c.brand_id, c.player_id))
     return keys
+
+
+def presumable(cmds: Sequence[Command], missing: BatchKeys) -> bool:
+    """Whether a warm writer may skip the load and presume ``missing`` absent: only when every missing
+    key is a batch's own new key (any command's transaction key; a bet's own bet and round key), which
+    the write then proves absent (``_WRITE``'s guard) or fails. Accounts, limits and usage, a bet a win
+    or rollback refers to, and the round of anything but a bet are always loaded."""
+    if missing.acc or missing.rg:
+        return False
+    own_bets = {(c.brand_id, c.provider_id, c.tx_id) for c in cmds if c.kind is Kind.BET}
+    own_rounds = {(c.brand_id, c.provider_id, c.round_id, c.player_id) for c in cmds if c.kind is Kind.BET}
+    return missing.bet <= own_bets and missing.rnd <= own_rounds
+
+
+def presume_absent(st: BatchState, keys: BatchKeys) -> None:
+    """Record ``keys`` as looked up and not there, as a load finding nothing would."""
+    for k in keys.bet:
+        st.bets.setdefault(k, None)
+    for rk in keys.rnd:
+        st.rounds.setdefault(rk, None)
 
 
 async def load_into(conn: asyncpg.Connection, st: BatchState, keys: BatchKeys, since: dt.date, shard: int,
@@ -223,6 +246,15 @@ WITH t AS (
     -- has reached floor (what came before is the relay's to recover), never back
     UPDATE outbox_cursor SET last_seq = $69::bigint
      WHERE id = 1 AND $69::bigint > 0 AND last_seq >= $70::bigint AND last_seq < $69::bigint
+), g AS (
+    -- what a warm writer presumed new without loading it (``presumable``): re-inserting a row that does
+    -- exist violates its own key, so the statement fails and the writer decides the batch again on a load
+    -- (a presumed transaction key is guarded by the transactions insert itself)
+    INSERT INTO tombstones SELECT t.* FROM unnest($72::text[], $73::text[], $74::text[]) AS k(b, p, x)
+      JOIN tombstones t ON t.brand_id = k.b AND t.provider_id = k.p AND t.tx_id = k.x
+), gr AS (
+    INSERT INTO rounds SELECT r.* FROM unnest($75::text[], $76::text[], $77::text[], $78::text[]) AS k(b, p, x, u)
+      JOIN rounds r ON r.brand_id = k.b AND r.provider_id = k.p AND r.round_id = k.x AND r.player_id = k.u
 ), h AS (
     INSERT INTO batches (batch_seq, prev_hash, digest, hash, tx_count) VALUES ($1, $2, $3, $4, $71)
 )
@@ -231,9 +263,11 @@ SELECT coalesce((SELECT max(seq) FROM o), 0)
 
 
 async def write_mutations(conn: asyncpg.Connection, m: Mutations, batch_seq: int, prev_hash: bytes,
-                          digest: bytes, new_hash: bytes, published: int = 0, floor: int = 0) -> int:
+                          digest: bytes, new_hash: bytes, published: int = 0, floor: int = 0,
+                          presumed: BatchKeys | None = None) -> int:
     """Write the batch in one statement; the outbox cursor moves to ``published`` (the writer published
-    every row after ``floor`` up to it) if it has reached ``floor``. Returns the outbox seq written (0: none)."""
+    every row after ``floor`` up to it) if it has reached ``floor``; bet and round keys ``presumed`` absent
+    make it fail (a unique violation) where they exist. Returns the outbox seq written (0: none)."""
     # a transaction row carries its batch_seq at index 15: the statement adds it to every row
     txs = _columns([(*t[:15], *t[16:]) for t in m.txs], 17)
     bets = _columns([(*k, b.round_id, b.player_id, b.currency, b.amount, b.free_round, b.state, b.ledger_tx)
@@ -246,4 +280,5 @@ async def write_mutations(conn: asyncpg.Connection, m: Mutations, batch_seq: int
     return int(await conn.fetchval(
         _WRITE, batch_seq, prev_hash, digest, new_hash, *txs, *_columns(m.entries, 3),
         list(m.balance_deltas), [str(v) for v in m.balance_deltas.values()], *bets, *rounds,
-        *_columns(m.tombstones, 4), *limits, *usage, *_outbox_rows(m.events), published, floor, len(m.txs)))
+        *_columns(m.tombstones, 4), *limits, *usage, *_outbox_rows(m.events), published, floor, len(m.txs),
+        *_columns(list(presumed.bet) if presumed else [], 3), *_columns(list(presumed.rnd) if presumed else [], 4)))

@@ -98,6 +98,10 @@ class BatchApplier:
         self._head: tuple[int, bytes] | None = None
         #: this connection's view of the shard (a new connection, e.g. after a takeover, starts empty)
         self.hot = HotState(settings.writer_cache_keys)
+        #: whether the attempt under way presumed keys absent instead of loading them, and how often such
+        #: a presumption met a key that existed (the batch was then decided again on a load)
+        self._presumed = False
+        self.presumed_misses = 0
         #: the outbox watermark: every row in (floor, published] was published by this writer; the cursor
         #: moves there inside the next batch's statement (or ``flush_watermark`` when idle), and only once
         #: it has reached ``floor`` (rows before this writer's first, or a failed publish, are the relay's)
@@ -112,11 +116,13 @@ class BatchApplier:
         return self._head
 
     async def apply(self, cmds: Sequence[Command]) -> BatchOutcome:
-        """One transaction for the whole list; on a data error, each command alone (poison isolation)."""
+        """One transaction for the whole list; on a data error, each command alone (poison isolation).
+        A batch that presumed its new keys absent and met one that exists is decided again on a load."""
         failure: BaseException | None = None
-        for attempt in (1, 2):
+        presume, chain_moved = True, False
+        while True:
             try:
-                return await self._apply_once(cmds)
+                return await self._apply_once(cmds, presume)
             except _CONNECTION_ERRORS:
                 self._head = None
                 self.hot.drop()
@@ -125,9 +131,16 @@ class BatchApplier:
                 failure = exc
                 self._head = None
                 self.hot.drop()  # re-read the chain head: someone wrote to this shard behind our back
-                if attempt == 1 and exc.constraint_name == "batches_pkey":
+                if self._presumed:  # at most once: the next attempt loads every key it lacks
+                    self.presumed_misses += 1
+                    log.info("shard %d: a key presumed new exists (%s); deciding the batch again on a load",
+                             self.shard, exc.constraint_name)
+                    presume = False
+                    continue
+                if not chain_moved and exc.constraint_name == "batches_pkey":
                     log.error("shard %d: the batch chain moved under this writer; retrying on the new head",
                               self.shard)
+                    chain_moved = True
                     continue
                 break
             except asyncpg.PostgresError as exc:
@@ -155,7 +168,7 @@ class BatchApplier:
             whole.outbox_seq = max(whole.outbox_seq, one.outbox_seq)
         return whole
 
-    async def _apply_once(self, cmds: Sequence[Command]) -> BatchOutcome:
+    async def _apply_once(self, cmds: Sequence[Command], presume: bool = True) -> BatchOutcome:
         now_ms = int(time.time() * 1000)
         seq, prev_hash = await self._chain_head()
         batch_seq = seq + 1
@@ -164,7 +177,7 @@ class BatchApplier:
         # write, ONE statement and so one atomic transaction with one commit. Nothing changes the shard
         # in between: this writer holds the shard's lock, and the database's own constraints still
         # guard every row it writes.
-        state, tx_ids = await self._state(cmds, utc_day(now_ms))
+        state, tx_ids, presumed = await self._state(cmds, utc_day(now_ms), presume)
         engine = Engine(state, batch_seq=batch_seq, now_ms=now_ms, tx_ids=tx_ids,
                         cooling_off_ms=self.cooling_off_ms, events_prefix=self.events_prefix)
         results = [engine.apply(cmd) for cmd in cmds]
@@ -173,7 +186,7 @@ class BatchApplier:
         new_hash = chain.chain_hash(prev_hash, batch_seq, digest)
         published = self.published if self.floor >= 0 else 0
         outbox_seq = await store.write_mutations(self.conn, m, batch_seq, prev_hash, digest, new_hash,
-                                                 published, self.floor)
+                                                 published, self.floor, presumed)
         self._head = (batch_seq, new_hash)
         self.flushed = max(self.flushed, published)
         if outbox_seq and self.floor < 0:
@@ -196,19 +209,29 @@ class BatchApplier:
             await self.conn.execute(_CURSOR_SQL, self.published, self.floor)
             self.flushed = self.published
 
-    async def _state(self, cmds: Sequence[Command], today: dt.date) -> tuple[BatchState, list[int]]:
+    async def _state(self, cmds: Sequence[Command], today: dt.date, presume: bool
+                     ) -> tuple[BatchState, list[int], store.BatchKeys | None]:
+        """The batch's state from memory, loading what is missing, and the keys presumed absent instead
+        of loaded (``store.presumable``; the write fails where one exists), if any."""
         hot = self.hot
         missing = hot.missing(store.batch_keys(cmds), min(window_starts(today).values()))
         short = len(cmds) - len(hot.ids)
         # numbers are drawn a block ahead, so a warm batch rarely needs even that round trip
         n_ids = max(short, self.settings.batch_max_commands) if short > 0 and hot.limit > 0 else max(short, 0)
+        self._presumed = presumed = bool(missing) and presume and hot.limit > 0 and store.presumable(cmds, missing)
+        if presumed:
+            store.presume_absent(hot.state, missing)
+            hot.loaded(missing)
+            if n_ids:
+                hot.ids.extend(await store.draw_ids(self.conn, self.shard, n_ids))
+            return hot.state, hot.take_ids(len(cmds)), missing
         if missing:
             hot.ids.extend(await store.load_into(self.conn, hot.state, missing, hot.since or today, self.shard,
                                                  n_ids))
             hot.loaded(missing)
         elif n_ids:
             hot.ids.extend(await store.draw_ids(self.conn, self.shard, n_ids))
-        return hot.state, hot.take_ids(len(cmds))
+        return hot.state, hot.take_ids(len(cmds)), None
 
 
 def decode_batch(data: bytes) -> tuple[list[Command], list[Result]]:
@@ -365,7 +388,9 @@ class ShardWriter:
 
     async def process(self, applier: BatchApplier, msgs: Sequence[Msg]) -> None:
         """Apply, answer, ack; if anything fails before the acks, NAK the lot so it comes back at once
-        (reapplying it is idempotent) and let the error restart the loop."""
+        (reapplying it is idempotent) and let the error restart the loop. Answers and acks leave with the
+        client's own flusher: no PING round trip per batch (an ack lost with the connection only means
+        a redelivery, answered from the idempotency rows)."""
         try:
             await self._process(applier, msgs)
         except BaseException:
@@ -373,10 +398,6 @@ class ShardWriter:
                 with contextlib.suppress(Exception):
                     await msg.nak()
             raise
-        try:
-            await self.nc.flush(timeout=2)
-        except nats.errors.Error as exc:  # acks stay buffered until reconnected; lost ones mean a redelivery
-            log.warning("shard %d: acks not flushed (%s); NATS unreachable", self.shard, type(exc).__name__)
 
     async def _process(self, applier: BatchApplier, msgs: Sequence[Msg]) -> None:
         cmds: list[Command] = []

@@ -38,21 +38,76 @@ async def test_a_warm_batch_loads_nothing_and_a_miss_loads_only_its_keys(
         await applier.apply([command(Kind.DEPOSIT, "ann", "d1", 5000, provider_id="operator")])
         await applier.apply([command(Kind.BET, "ann", "b1", 100, round_id="r1")])
         loads.clear()
-        # the same player's next round: only the new transaction, bet and round keys are unknown
+        # the same player's next round: its only unknown keys are its own new ones (transaction ids, the
+        # bet and its round), presumed absent and proven so by the write: no load round trip
         out = await applier.apply([command(Kind.BET, "ann", "b2", 100, round_id="r2"),
                                    command(Kind.WIN, "ann", "w2", 250, ref_tx_id="b2", round_id="r2")])
         assert [r.balance for r in out.results] == [4800, 5050]
-        assert len(loads) == 1
-        assert not loads[0].acc and not loads[0].rg  # wallet, house, limits and usage came from memory
-        assert ("b1", "sim", "b1") not in loads[0].tx
-        loads.clear()
+        assert loads == [] and applier.presumed_misses == 0
         # a provider retry of known transactions: answered from memory, no round trip for state
         again = await applier.apply([command(Kind.BET, "ann", "b2", 100, round_id="r2")])
         assert again.results[0].duplicate and again.results[0].balance == 5050
         assert loads == []
+        # a win for a bet this writer never saw must read that bet: loaded, and only what is missing
+        late = await applier.apply([command(Kind.WIN, "ann", "w9", 10, ref_tx_id="b-unknown", round_id="r9")])
+        assert late.results[0].status is Status.BET_NOT_FOUND
+        assert len(loads) == 1 and ("b1", "sim", "b-unknown") in loads[0].bet
+        assert not loads[0].acc and not loads[0].rg  # wallet, house, limits and usage came from memory
+        assert ("b1", "sim", "b1") not in loads[0].tx
         assert await applier.conn.fetchval(
             "SELECT b.balance FROM accounts a JOIN balances b USING (account_id) WHERE a.player_id = 'ann'") == 5050
     assert (await reconcile({0: dsn}))[0].ok
+
+
+async def test_keys_presumed_new_that_exist_are_decided_again_on_a_load(
+        own_db: Settings, loads: list[store.BatchKeys]) -> None:  # noqa: F811
+    """A warm writer that never saw a key (written before it took the shard over) presumes it new; the
+    write fails where it exists and the batch is decided again on what the database holds."""
+    dsn = own_db.shard_dsns()[0]
+    async with applier_on(own_db, 0) as before:
+        await before.apply([command(Kind.DEPOSIT, "ida", "d1", 1000, provider_id="operator")])
+        await before.apply([command(Kind.ROLLBACK, "ida", "rb1", ref_tx_id="x1")])  # tombstone for x1
+        await before.apply([command(Kind.BET, "ida", "t1", 100, round_id="open")])
+        await before.apply([command(Kind.BET, "ida", "t2", 100, round_id="shut", round_closed=True)])
+    async with applier_on(own_db, 0) as after:
+        await after.apply([command(Kind.DEPOSIT, "ida", "d2", 10, provider_id="operator")])  # warm: ida's wallet
+        loads.clear()
+        cases = [
+            (command(Kind.BET, "ida", "x1", 50), Status.TX_ROLLED_BACK),  # tombstoned id
+            (command(Kind.BET, "ida", "t1", 100, round_id="open"), Status.OK),  # a retry: the original outcome
+            (command(Kind.BET, "ida", "t3", 5000, round_id="shut"), Status.ROUND_CLOSED),  # not "no funds"
+            (command(Kind.BET, "ida", "t4", 100, round_id="open"), Status.OK),  # a second bet in an open round
+        ]
+        for i, (cmd, status) in enumerate(cases):
+            # warm again (a miss drops the hot state): so that each case is presumed, not loaded
+            await after.apply([command(Kind.BET, "ida", f"w{i}", 1, round_id=f"warm{i}")])
+            assert {("player", "b1", "ida", "EUR"), ("house", "b1", "", "EUR")} <= after.hot.state.accounts.keys()
+            out = await after.apply([cmd])
+            assert out.results[0].status is status, cmd.tx_id
+            assert after.presumed_misses == i + 1
+        assert out.results[0].balance == 1000 - 200 + 10 - 4 - 100
+        assert await after.conn.fetchval(
+            "SELECT bet_count FROM rounds WHERE round_id = 'open' AND player_id = 'ida'") == 2  # not overwritten
+        # what was read is now known: the next batch in that round presumes nothing and loads nothing
+        loads.clear()
+        await after.apply([command(Kind.BET, "ida", "t5", 1, round_id="open")])
+        assert loads == [] and after.presumed_misses == 4
+    assert (await reconcile({0: dsn}))[0].ok
+
+
+async def test_writer_statements_plan_key_lookups_only(own_db: Settings) -> None:  # noqa: F811
+    """The miss load and the write look keys up by index whatever the planner's estimates: a plan that
+    scans or hash-joins a whole table costs O(ledger) per batch."""
+    async with applier_on(own_db, 0) as applier:
+        await applier.apply([command(Kind.DEPOSIT, "jo", "d1", 1000, provider_id="operator")])
+        keys = [("b1", "sim", f"k{i}") for i in range(3)]
+        rounds = [("b1", "sim", f"r{i}", "jo") for i in range(3)]
+        cols = [list(c) for c in zip(*keys, strict=True)]
+        rcols = [list(c) for c in zip(*rounds, strict=True)]
+        plan = "\n".join(r[0] for r in await applier.conn.fetch(
+            "EXPLAIN " + store._LOAD_KEYS, *cols, *cols, *rcols, 0, 0))
+        assert "Index" in plan
+        assert "Seq Scan on" not in plan and "Hash Join" not in plan and "Merge Join" not in plan, plan
 
 
 async def test_a_failed_batch_drops_the_cache_and_the_next_reads_fresh_state(own_db: Settings) -> None:  # noqa: F811
