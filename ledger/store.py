@@ -192,74 +192,105 @@ def _columns(rows: Sequence[Sequence[object]], width: int) -> list[Sequence[obje
 # ONE statement, so one atomic transaction and one commit: every table's rows as typed arrays (binary,
 # no JSON to build or parse, no plpgsql), each house and cash balance updated once with the batch's
 # summed delta (numeric, sent as text: a sum may leave int64), the outbox cursor moved to the writer's
-# published watermark, the hash-chain link last. Foreign keys and checks fire as for any insert.
-_WRITE = """
-WITH t AS (
+# published watermark, the hash-chain link last. Foreign keys and checks fire as for any insert. A part
+# with no rows is left out of the statement (each costs an executor node and its arrays even when empty):
+# a few shapes, each prepared once. $1-$7 are the batch's scalars; each part's arrays follow in order.
+_SCALARS = 7
+_PARTS: dict[str, tuple[int, str]] = {
+    "t": (17, """t AS (
     INSERT INTO transactions (ledger_tx, brand_id, provider_id, tx_id, kind, status, request_hash, tenant_id,
                               license, player_id, currency, round_id, ref_tx_id, amount, credit_type,
                               traceparent, cmd_id, batch_seq)
-    SELECT *, $1::bigint FROM unnest($5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                                     $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
-                                     $17::text[], $18::bigint[], $19::text[], $20::text[], $21::text[])
-), e AS (
+    SELECT *, $1::bigint FROM unnest({}::bigint[], {}::text[], {}::text[], {}::text[], {}::text[], {}::text[],
+                                     {}::text[], {}::text[], {}::text[], {}::text[], {}::text[], {}::text[],
+                                     {}::text[], {}::bigint[], {}::text[], {}::text[], {}::text[])
+)"""),
+    "e": (3, """e AS (
     INSERT INTO entries (ledger_tx, account_id, amount, batch_seq)
-    SELECT *, $1::bigint FROM unnest($22::bigint[], $23::bigint[], $24::bigint[])
-), d AS (
+    SELECT *, $1::bigint FROM unnest({}::bigint[], {}::bigint[], {}::bigint[])
+)"""),
+    "d": (2, """d AS (
     UPDATE balances bl SET balance = bl.balance + d.delta::numeric
-      FROM unnest($25::bigint[], $26::text[]) AS d(id, delta) WHERE bl.account_id = d.id
-), b AS (
+      FROM unnest({}::bigint[], {}::text[]) AS d(id, delta) WHERE bl.account_id = d.id
+)"""),
+    "b": (10, """b AS (
     INSERT INTO bets (brand_id, provider_id, tx_id, round_id, player_id, currency, amount, free_round, state,
                       ledger_tx)
-    SELECT * FROM unnest($27::text[], $28::text[], $29::text[], $30::text[], $31::text[], $32::text[],
-                         $33::bigint[], $34::boolean[], $35::text[], $36::bigint[])
+    SELECT * FROM unnest({}::text[], {}::text[], {}::text[], {}::text[], {}::text[], {}::text[],
+                         {}::bigint[], {}::boolean[], {}::text[], {}::bigint[])
     ON CONFLICT (brand_id, provider_id, tx_id) DO UPDATE SET state = EXCLUDED.state
-), r AS (
+)"""),
+    "r": (11, """r AS (
     INSERT INTO rounds (brand_id, provider_id, round_id, player_id, currency, bet_count, open_bets, live_bets,
                         bet_total, win_total, closed)
-    SELECT * FROM unnest($37::text[], $38::text[], $39::text[], $40::text[], $41::text[], $42::integer[],
-                         $43::integer[], $44::integer[], $45::bigint[], $46::bigint[], $47::boolean[])
+    SELECT * FROM unnest({}::text[], {}::text[], {}::text[], {}::text[], {}::text[], {}::integer[],
+                         {}::integer[], {}::integer[], {}::bigint[], {}::bigint[], {}::boolean[])
     ON CONFLICT (brand_id, provider_id, round_id, player_id) DO UPDATE SET
         bet_count = EXCLUDED.bet_count, open_bets = EXCLUDED.open_bets, live_bets = EXCLUDED.live_bets,
         bet_total = EXCLUDED.bet_total, win_total = EXCLUDED.win_total, closed = EXCLUDED.closed
-), s AS (
+)"""),
+    "s": (4, """s AS (
     INSERT INTO tombstones (brand_id, provider_id, tx_id, ledger_tx)
-    SELECT * FROM unnest($48::text[], $49::text[], $50::text[], $51::bigint[])
-), l AS (
+    SELECT * FROM unnest({}::text[], {}::text[], {}::text[], {}::bigint[])
+)"""),
+    "l": (8, """l AS (
     INSERT INTO rg_limits (brand_id, player_id, currency, key, value, pending_value, pending_set, pending_from_ms)
-    SELECT * FROM unnest($52::text[], $53::text[], $54::text[], $55::text[], $56::bigint[], $57::bigint[],
-                         $58::boolean[], $59::bigint[])
+    SELECT * FROM unnest({}::text[], {}::text[], {}::text[], {}::text[], {}::bigint[], {}::bigint[],
+                         {}::boolean[], {}::bigint[])
     ON CONFLICT (brand_id, player_id, currency, key) DO UPDATE SET value = EXCLUDED.value,
         pending_value = EXCLUDED.pending_value, pending_set = EXCLUDED.pending_set,
         pending_from_ms = EXCLUDED.pending_from_ms
-), u AS (
+)"""),
+    "u": (6, """u AS (
     INSERT INTO rg_usage (brand_id, player_id, currency, day, staked, won)
     SELECT u.b, u.p, u.c, u.d, u.s::numeric, u.w::numeric
-      FROM unnest($60::text[], $61::text[], $62::text[], $63::date[], $64::text[], $65::text[]) AS u(b, p, c, d, s, w)
+      FROM unnest({}::text[], {}::text[], {}::text[], {}::date[], {}::text[], {}::text[]) AS u(b, p, c, d, s, w)
     ON CONFLICT (brand_id, player_id, currency, day) DO UPDATE SET
         staked = rg_usage.staked + EXCLUDED.staked, won = rg_usage.won + EXCLUDED.won
-), o AS (
+)"""),
+    "o": (3, """o AS (
     INSERT INTO outbox (event_id, subject, payload, batch_seq)
-    SELECT *, $1::bigint FROM unnest($66::text[], $67::text[], $68::bytea[])
+    SELECT *, $1::bigint FROM unnest({}::text[], {}::text[], {}::bytea[])
     RETURNING seq
-), c AS (
-    -- every outbox row in (floor, published] was published by the writer: the cursor moves there once it
-    -- has reached floor (what came before is the relay's to recover), never back
-    UPDATE outbox_cursor SET last_seq = $69::bigint
-     WHERE id = 1 AND $69::bigint > 0 AND last_seq >= $70::bigint AND last_seq < $69::bigint
-), g AS (
-    -- what a warm writer presumed new without loading it (``presumable``): re-inserting a row that does
-    -- exist violates its own key, so the statement fails and the writer decides the batch again on a load
-    -- (a presumed transaction key is guarded by the transactions insert itself)
-    INSERT INTO tombstones SELECT t.* FROM unnest($72::text[], $73::text[], $74::text[]) AS k(b, p, x)
+)"""),
+    # what a warm writer presumed new without loading it (``presumable``): re-inserting a row that does
+    # exist violates its own key, so the statement fails and the writer decides the batch again on a load
+    # (a presumed transaction key is guarded by the transactions insert itself)
+    "g": (3, """g AS (
+    INSERT INTO tombstones SELECT t.* FROM unnest({}::text[], {}::text[], {}::text[]) AS k(b, p, x)
       JOIN tombstones t ON t.brand_id = k.b AND t.provider_id = k.p AND t.tx_id = k.x
-), gr AS (
-    INSERT INTO rounds SELECT r.* FROM unnest($75::text[], $76::text[], $77::text[], $78::text[]) AS k(b, p, x, u)
+)"""),
+    "gr": (4, """gr AS (
+    INSERT INTO rounds SELECT r.* FROM unnest({}::text[], {}::text[], {}::text[], {}::text[]) AS k(b, p, x, u)
       JOIN rounds r ON r.brand_id = k.b AND r.provider_id = k.p AND r.round_id = k.x AND r.player_id = k.u
+)"""),
+}
+# every outbox row in (floor, published] was published by the writer: the cursor moves there once it has
+# reached floor (what came before is the relay's to recover), never back; the hash-chain link last
+_TAIL = """c AS (
+    UPDATE outbox_cursor SET last_seq = $5::bigint
+     WHERE id = 1 AND $5::bigint > 0 AND last_seq >= $6::bigint AND last_seq < $5::bigint
 ), h AS (
-    INSERT INTO batches (batch_seq, prev_hash, digest, hash, tx_count) VALUES ($1, $2, $3, $4, $71)
+    INSERT INTO batches (batch_seq, prev_hash, digest, hash, tx_count) VALUES ($1, $2, $3, $4, $7)
 )
-SELECT coalesce((SELECT max(seq) FROM o), 0)
-"""
+SELECT coalesce((SELECT max(seq) FROM o), 0)"""
+#: the outbox part is always there (the statement answers its highest seq)
+_ALWAYS = frozenset({"t", "o"})
+_statements: dict[tuple[str, ...], str] = {}
+
+
+def write_statement(parts: tuple[str, ...]) -> str:
+    """The write statement with ``parts`` (in ``_PARTS`` order), built once per shape."""
+    sql = _statements.get(parts)
+    if sql is None:
+        n = _SCALARS
+        ctes = []
+        for name in parts:
+            width, template = _PARTS[name]
+            ctes.append(template.format(*(f"${i}" for i in range(n + 1, n + width + 1))))
+            n += width
+        sql = _statements[parts] = "WITH " + ",\n".join([*ctes, _TAIL])
+    return sql
 
 
 async def write_mutations(conn: asyncpg.Connection, m: Mutations, batch_seq: int, prev_hash: bytes,
@@ -269,16 +300,24 @@ async def write_mutations(conn: asyncpg.Connection, m: Mutations, batch_seq: int
     every row after ``floor`` up to it) if it has reached ``floor``; bet and round keys ``presumed`` absent
     make it fail (a unique violation) where they exist. Returns the outbox seq written (0: none)."""
     # a transaction row carries its batch_seq at index 15: the statement adds it to every row
-    txs = _columns([(*t[:15], *t[16:]) for t in m.txs], 17)
-    bets = _columns([(*k, b.round_id, b.player_id, b.currency, b.amount, b.free_round, b.state, b.ledger_tx)
-                     for k, b in m.bets.items()], 10)
-    rounds = _columns([(*k, r.currency, r.bet_count, r.open_bets, r.live_bets, r.bet_total, r.win_total, r.closed)
-                       for k, r in m.rounds.items()], 11)  # k: brand, provider, round id, player
-    limits = _columns([(*k, v.value, v.pending_value, v.pending_set, v.pending_from_ms)
-                       for k, v in m.limits.items()], 8)
-    usage = _columns([(*k, str(v[0]), str(v[1])) for k, v in m.usage_deltas.items()], 6)
-    return int(await conn.fetchval(
-        _WRITE, batch_seq, prev_hash, digest, new_hash, *txs, *_columns(m.entries, 3),
-        list(m.balance_deltas), [str(v) for v in m.balance_deltas.values()], *bets, *rounds,
-        *_columns(m.tombstones, 4), *limits, *usage, *_outbox_rows(m.events), published, floor, len(m.txs),
-        *_columns(list(presumed.bet) if presumed else [], 3), *_columns(list(presumed.rnd) if presumed else [], 4)))
+    columns: dict[str, list[Sequence[object]]] = {
+        "t": _columns([(*t[:15], *t[16:]) for t in m.txs], 17),
+        "e": _columns(m.entries, 3),
+        "d": [list(m.balance_deltas), [str(v) for v in m.balance_deltas.values()]],
+        "b": _columns([(*k, b.round_id, b.player_id, b.currency, b.amount, b.free_round, b.state, b.ledger_tx)
+                       for k, b in m.bets.items()], 10),
+        # k: brand, provider, round id, player
+        "r": _columns([(*k, r.currency, r.bet_count, r.open_bets, r.live_bets, r.bet_total, r.win_total, r.closed)
+                       for k, r in m.rounds.items()], 11),
+        "s": _columns(m.tombstones, 4),
+        "l": _columns([(*k, v.value, v.pending_value, v.pending_set, v.pending_from_ms)
+                       for k, v in m.limits.items()], 8),
+        "u": _columns([(*k, str(v[0]), str(v[1])) for k, v in m.usage_deltas.items()], 6),
+        "o": list(_outbox_rows(m.events)),
+        "g": _columns(list(presumed.bet) if presumed else [], 3),
+        "gr": _columns(list(presumed.rnd) if presumed else [], 4),
+    }
+    parts = tuple(name for name, cols in columns.items() if name in _ALWAYS or len(cols[0]))
+    args = [col for name in parts for col in columns[name]]
+    return int(await conn.fetchval(write_statement(parts), batch_seq, prev_hash, digest, new_hash, published, floor,
+                                   len(m.txs), *args))
