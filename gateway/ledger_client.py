@@ -6,9 +6,9 @@ that coalesces them into one JetStream message (bounded by count, bytes and a fe
 queue, their sojourn time rises and the queue starts shedding new bets, while wins, rollbacks and
 deposits still queue. A batch goes out as a plain publish to the stream's subject with a reply on one
 wildcard ack subscription of the client's (``js.publish`` costs a request per call: its own inbox,
-future, timeout task and parsed ack object); it is retried with the same ``Nats-Msg-Id`` until acked,
-so JetStream stores it once. Every command awaits its own result with a deadline; a late result is dropped here, and the
-caller's retry meets the ledger's idempotency row.
+future, timeout and parsed ack object); it is retried with the same ``Nats-Msg-Id`` until acked, so
+JetStream stores it once. Every command awaits its own result with a deadline; a late result is
+dropped here, and the caller's retry meets the ledger's idempotency row.
 
 NATS faults heal here too: the client reconnects forever and resubscribes the reply subject by
 itself; a publish that fails for any reason is retried (same ``Nats-Msg-Id``) until the command's
