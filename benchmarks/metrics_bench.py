@@ -1,4 +1,4 @@
-"""Per-request cost of the metrics middleware (``python -m benchmarks.metrics_bench [old_metrics.py]``).
+"""Per-request cost of the edge middleware, metrics and error answers (``python -m benchmarks.metrics_bench [old]``).
 
 Times the middleware around a handler that returns at once, on a real routed aiohttp request, so what
 is measured is the middleware's own work: route label, tallies, and (given another module file, e.g.
@@ -53,8 +53,10 @@ async def _per_call_us(middleware: Any, n: int = 50_000) -> float:
 
 def main() -> None:
     from gateway import metrics
+    from gateway.app import error_answer
 
-    print(f"metrics middleware (this tree): {asyncio.run(_per_call_us(metrics.metrics_middleware)):.2f} µs/request")
+    print(f"edge middleware (this tree): "
+          f"{asyncio.run(_per_call_us(metrics.edge_middleware(error_answer))):.2f} µs/request")
     exporter = metrics.Exporter(None)
     start = time.perf_counter()
     for _ in range(100):
@@ -62,8 +64,10 @@ def main() -> None:
     print(f"one flush of the tallies (off the request path, once a second): "
           f"{(time.perf_counter() - start) / 100 * 1e6:.1f} µs")
     for path in sys.argv[1:]:
-        other = _load(path)
-        print(f"metrics middleware ({path}): {asyncio.run(_per_call_us(other.metrics_middleware)):.2f} µs/request")
+        other = _load(path)  # an older metrics.py has ``metrics_middleware``, a newer one ``edge_middleware``
+        middleware = other.edge_middleware(error_answer) if hasattr(other, "edge_middleware") \
+            else other.metrics_middleware
+        print(f"middleware ({path}): {asyncio.run(_per_call_us(middleware)):.2f} µs/request")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from core import errors as E
-from core.http import ClientDisconnected, Handler, error_response, json_response
+from core.http import error_response, json_response
 from core.records import ProviderConfig
 from core.settings import SETTINGS_KEY, Settings
 from core.unexpected import answer_for
@@ -29,7 +29,7 @@ from gateway.degradation import Degradation
 from gateway.guards import Guards
 from gateway.health import healthz, readyz
 from gateway.ledger_client import LedgerClient
-from gateway.metrics import EXPORTER_KEY, Exporter, metrics_handler, metrics_middleware
+from gateway.metrics import EXPORTER_KEY, Exporter, edge_middleware, metrics_handler
 from gateway.monitor import Monitor
 from gateway.operator_api import routes as operator_routes
 from gateway.providers import adapter_class
@@ -45,24 +45,19 @@ log = logging.getLogger(__name__)
 WALLET_KEY = web.AppKey("wallet", LazyWallet)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except E.GatewayError as exc:
+def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The answer to what a handler raised: a ``GatewayError`` as itself, aiohttp's 413/404/405 in the
+    gateway's JSON, anything else through ``answer_for``; any other HTTP exception (a redirect) raised on."""
+    if isinstance(exc, E.GatewayError):
         return error_response(exc)
-    except ClientDisconnected:
-        raise  # counted apart by the metrics middleware; nobody is left to answer
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status == 413:
             return error_response(E.PayloadTooLarge())
         if exc.status in (404, 405):
             return json_response({"error": {"code": "not_found" if exc.status == 404 else "method_not_allowed",
                                              "message": exc.reason, "retryable": False}}, exc.status)
-        raise
-    except Exception as exc:
-        return error_response(answer_for(exc, f"{request.method} {request.path}", log))
+        raise exc
+    return error_response(answer_for(exc, f"{request.method} {request.path}", log))
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -71,8 +66,9 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings, providers: list[ProviderConfig]) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[metrics_middleware, error_middleware])
+    # one middleware: aiohttp wraps every request of an app with middlewares in each of them plus one of
+    # its own (``_fix_request_current_app``), so error answers and metrics share one layer
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[edge_middleware(error_answer)])
     app[SETTINGS_KEY] = settings
     app[WALLET_KEY] = LazyWallet()
     app.router.add_get("/healthz", healthz)

@@ -4,9 +4,11 @@ Per shard, commands pass a bounded priority queue (bets sheddable, settlements n
 that coalesces them into one JetStream message (bounded by count, bytes and a few ms). At most
 ``self.max_inflight`` batches per shard await their results; when the ledger slows, commands wait in the
 queue, their sojourn time rises and the queue starts shedding new bets, while wins, rollbacks and
-deposits still queue. A publish is retried with the same ``Nats-Msg-Id``, so JetStream stores it
-once. Every command awaits its own result with a deadline; a late result is dropped here, and the
-caller's retry meets the ledger's idempotency row.
+deposits still queue. A batch goes out as a plain publish to the stream's subject with a reply on one
+wildcard ack subscription of the client's (``js.publish`` costs a request per call: its own inbox,
+future, timeout and parsed ack object); it is retried with the same ``Nats-Msg-Id`` until acked, so
+JetStream stores it once. Every command awaits its own result with a deadline; a late result is
+dropped here, and the caller's retry meets the ledger's idempotency row.
 
 NATS faults heal here too: the client reconnects forever and resubscribes the reply subject by
 itself; a publish that fails for any reason is retried (same ``Nats-Msg-Id``) until the command's
@@ -19,6 +21,7 @@ than the readiness bound, per shard.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import itertools
@@ -28,6 +31,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import nats.errors
+import nats.js.errors
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -48,6 +52,10 @@ log = logging.getLogger(__name__)
 _SHEDDABLE = frozenset({Kind.BET, Kind.WITHDRAW})
 
 
+#: the status of the empty message NATS sends to a publish's reply subject when nobody stores the subject
+_NO_RESPONDERS = "503"
+
+
 class _Expired(Exception):
     """A command's result did not arrive within the ledger timeout (set on its future by its timer)."""
 
@@ -55,6 +63,11 @@ class _Expired(Exception):
 def _expire(fut: asyncio.Future[Result]) -> None:
     if not fut.done():
         fut.set_exception(_Expired())
+
+
+def _ack_timeout(ack: asyncio.Future[None]) -> None:
+    if not ack.done():
+        ack.set_exception(nats.errors.TimeoutError())
 
 
 @dataclass(slots=True)
@@ -94,6 +107,11 @@ class LedgerClient:
         self.reply_subject = f"{transport.subject_prefix(settings)}_GW.{self._instance}.results"
         self._tasks: list[asyncio.Task[None]] = []
         self._sub: Subscription | None = None
+        #: JetStream acks of batch publishes: one wildcard subscription, ``<prefix>.<batch number>`` each
+        self._ack_prefix = nc.new_inbox()
+        self._ack_cut = len(self._ack_prefix) + 1
+        self._acks: dict[str, asyncio.Future[None]] = {}
+        self._ack_sub: Subscription | None = None
         self.published = 0
         self.timeouts = 0
         #: submit → result latency, cumulative counts per bucket upper bound (seconds)
@@ -112,6 +130,7 @@ class LedgerClient:
     async def start(self) -> None:
         await transport.ensure_streams(self.js, self.settings)
         self._sub = await self.nc.subscribe(self.reply_subject, cb=self._on_results)
+        self._ack_sub = await self.nc.subscribe(self._ack_prefix + ".*", cb=self._on_ack)
         for shard in range(self.shards):
             self._tasks.append(self._start_pump(shard))
 
@@ -144,9 +163,10 @@ class LedgerClient:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        for sub in (self._sub, self._ack_sub):
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
 
     # ------------------------------------------------------------------ submit
     def shard_of(self, player_id: str) -> int:
@@ -185,7 +205,10 @@ class LedgerClient:
         if not st.queue.offer(lane, pending, now):
             raise Overloaded("ledger shard is behind; bet shed", retry_after_s=1.0)
         self._waiting[cmd.cmd_id] = pending
-        st.wake.set()
+        if st.inflight < self.max_inflight:
+            # with the window full the pump has nothing to do with a new command (no free slot to batch it
+            # for, nothing to launch): the batch that frees a slot wakes it (``_release``)
+            st.wake.set()
         # one timer handle on the future itself: ``wait_for(shield(...))`` cost two extra futures and
         # callbacks per command; the deadline fails the future (awaited right here, so always retrieved)
         timer = loop.call_later(self.settings.ledger_timeout_ms / 1000, _expire, fut)
@@ -206,11 +229,8 @@ class LedgerClient:
     def _observe(self, seconds: float) -> None:
         self.latency_sum += seconds
         self.lag_ewma_s += (seconds - self.lag_ewma_s) * 0.05
-        for i, bound in enumerate(self.latency_buckets):
-            if seconds <= bound:
-                self.latency_counts[i] += 1
-                return
-        self.latency_counts[-1] += 1
+        # the first bound at or above ``seconds`` (past the last one: the overflow count)
+        self.latency_counts[bisect.bisect_left(self.latency_buckets, seconds)] += 1
 
     # ------------------------------------------------------------------ pump: queue → batcher → JetStream
     async def _pump(self, shard: int) -> None:
@@ -251,10 +271,15 @@ class LedgerClient:
         if deadline is None:
             await st.wake.wait()
         else:
-            # ``asyncio.timeout``, not ``wait_for``: no extra task per turn
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, (deadline - time.monotonic_ns()) / 1e9)):
-                    await st.wake.wait()
+            # a timer that sets the wake event, not ``asyncio.timeout``: that one cancels the pump at the
+            # deadline (an exception thrown through it, the usual end of a turn under load) and costs a
+            # context object per turn
+            timer = asyncio.get_running_loop().call_later(max(0.0, (deadline - time.monotonic_ns()) / 1e9),
+                                                         st.wake.set)
+            try:
+                await st.wake.wait()
+            finally:
+                timer.cancel()
 
     def _to_batcher(self, shard: int, batcher: Batcher, items: list[object], now: int) -> None:
         live = [p for p in items if isinstance(p, _Pending)
@@ -286,7 +311,9 @@ class LedgerClient:
 
     async def _publish(self, shard: int, batch: Batch) -> None:
         """Publish (retrying with the same message id) then hold the slot until answered or timed out."""
-        msg_id = f"{self._instance}-{next(self._batch_ids)}"
+        token = str(next(self._batch_ids))
+        msg_id = f"{self._instance}-{token}"
+        reply = f"{self._ack_prefix}.{token}"
         subject = transport.cmd_subject(self.settings, shard)
         body = batch.encode()
         pending = [p for c in batch.cmd_ids if (p := self._waiting.get(c)) is not None]
@@ -296,10 +323,15 @@ class LedgerClient:
             headers[transport.TRACEPARENT_HEADER] = pending[0].cmd.traceparent
             headers[transport.TRACE_IDS_HEADER] = ",".join(p.cmd.traceparent[3:35] for p in pending)
             logs.bind(headers[transport.TRACE_IDS_HEADER], shard=shard)  # this task's log lines name them
+        loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.settings.ledger_timeout_ms / 1000
         for attempt in itertools.count():
+            ack: asyncio.Future[None] = loop.create_future()
+            self._acks[token] = ack
+            timer = loop.call_later(max(0.05, deadline - time.monotonic()), _ack_timeout, ack)
             try:
-                await self.js.publish(subject, body, headers=headers, timeout=max(0.05, deadline - time.monotonic()))
+                await self.nc.publish(subject, body, reply=reply, headers=headers)
+                await ack
                 self.published += 1
                 break
             except Exception as exc:  # timeouts, disconnected, stream gone, ...: same message id again
@@ -312,9 +344,38 @@ class LedgerClient:
                                 msg_id, shard, attempt + 1, type(exc).__name__, exc)
                     return
                 await asyncio.sleep(min(0.05 * (attempt + 1), 0.25))
+            finally:
+                timer.cancel()
+                self._acks.pop(token, None)
         if futures:
             remaining = max(0.0, deadline - time.monotonic())
             await asyncio.wait(futures, timeout=remaining)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        """JetStream's answer to a batch's publish: a stored (or duplicate) ack, an API error, or an empty
+        status message (503: nothing stores the subject, the stream is gone)."""
+        ack = self._acks.get(msg.subject[self._ack_cut:])
+        if ack is None or ack.done():
+            return  # the answer to an attempt already given up on
+        data = msg.data
+        if not data:
+            status = (msg.headers or {}).get("Status", "")
+            ack.set_exception(nats.errors.NoRespondersError() if status == _NO_RESPONDERS
+                              else nats.errors.Error(f"publish answered with status {status or 'none'}"))
+            return
+        try:
+            answer = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            ack.set_exception(nats.errors.Error(f"publish answered with {data[:100]!r}"))
+            return
+        err = answer.get("error") if isinstance(answer, dict) else "not an object"
+        if err is None:
+            ack.set_result(None)
+        elif isinstance(err, dict):
+            ack.set_exception(nats.js.errors.APIError(code=err.get("code"), err_code=err.get("err_code"),
+                                                      description=err.get("description")))
+        else:
+            ack.set_exception(nats.errors.Error(f"publish answered with error {err!r}"))
 
     async def _recreate_streams(self) -> None:
         """Nobody stores the subject: NATS came back without its store. Recreate (at most once a second)."""

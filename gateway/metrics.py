@@ -23,11 +23,12 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import prometheus_client
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -225,16 +226,28 @@ def _route_label(request: web.Request) -> str:
     return info.canonical if info is not None else "unmatched"
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    start = time.perf_counter()
-    try:
-        response: web.StreamResponse = await handler(request)
-    except ClientDisconnected:
-        counters.disconnects[_route_label(request)] += 1
-        return web.Response(status=CLIENT_CLOSED)
-    counters.observe_request(_route_label(request), response.status, time.perf_counter() - start)
-    return response
+#: turns what a handler raised into its answer (``gateway.app.error_answer``); may raise it on
+ErrorAnswer = Callable[[web.Request, Exception], web.StreamResponse]
+
+
+def edge_middleware(answer: ErrorAnswer) -> Middleware:
+    """The app's one middleware: errors answered by ``answer``, then every answer counted by route and
+    status with its duration (a client gone mid-body counted apart, as a disconnect)."""
+
+    @web.middleware
+    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        try:
+            response: web.StreamResponse = await handler(request)
+        except ClientDisconnected:
+            counters.disconnects[_route_label(request)] += 1
+            return web.Response(status=CLIENT_CLOSED)
+        except Exception as exc:
+            response = answer(request, exc)
+        counters.observe_request(_route_label(request), response.status, time.perf_counter() - start)
+        return response
+
+    return edge
 
 
 def render(registry: CollectorRegistry = REGISTRY) -> bytes:

@@ -32,6 +32,10 @@ from gateway.ledger_client import LedgerClient
 from gateway.quota import RedisQuota
 from gateway.sessions import SessionStore
 
+#: plain module names for the members the money path compares with (``Kind.BET`` is a descriptor call on
+#: Python 3.11)
+_BET, _OK = Kind.BET, Status.OK
+
 _BALANCE_SQL = """SELECT b.balance FROM accounts a JOIN balances b USING (account_id)
                    WHERE a.kind = 'player' AND a.brand_id = $1 AND a.player_id = $2 AND a.currency = $3"""
 
@@ -88,7 +92,7 @@ def new_command(session: PlayerSession, kind: Kind, *, tx_id: str, round_id: str
         license=session.license, player_id=session.player_id, currency=session.currency,
         provider_id=session.provider_id, tx_id=tx_id, round_id=round_id,
         traceparent=valid_traceparent(traceparent), amount=amount,
-        session_started_ms=session.started_ms if kind is Kind.BET else 0,
+        session_started_ms=session.started_ms if kind is _BET else 0,
         game_id=extra.pop("game_id", "") or "", **extra,
     )
     try:
@@ -162,7 +166,7 @@ class Wallet:
         if self.closing:
             raise Retryable("gateway is shutting down", retry_after_s=2.0)
         if guard:
-            if command.kind is Kind.BET:
+            if command.kind is _BET:
                 self.degradation.check_bet(command.provider_id, command.brand_id)
                 self.guards.check(command.provider_id, command.brand_id, command.player_id, command.round_id)
             else:
@@ -170,7 +174,7 @@ class Wallet:
             if self.quota is not None:
                 await self.quota.check(command.provider_id, command.brand_id)
         result = await self.ledger.submit(command)
-        if command.kind is Kind.BET and result.status is Status.OK and not result.duplicate:
+        if command.kind is _BET and result.status is _OK and not result.duplicate:
             counters.bet_accepted(command.brand_id, command.currency, command.amount)
         return result
 

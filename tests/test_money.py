@@ -48,6 +48,35 @@ def test_format_round_trips_exactly(minor: int, currency: str) -> None:
     assert Decimal(text) == Decimal(minor).scaleb(-CURRENCY_EXPONENTS[currency])
 
 
+def _decimal_reference(text: str, currency: str) -> int | None:
+    """What ``to_minor`` computed with ``Decimal`` before its integer path: the minor units, or ``None``
+    when the value has more decimals than the currency."""
+    scaled = Decimal(text).scaleb(CURRENCY_EXPONENTS[currency])
+    return int(scaled) if scaled == scaled.to_integral_value() else None
+
+
+@given(st.from_regex(r"-?[0-9]{1,22}(\.[0-9]{1,6})?", fullmatch=True), st.sampled_from(["EUR", "JPY", "KWD"]))
+def test_plain_text_converts_as_decimal_does(text: str, currency: str) -> None:
+    """The integer conversion of a plain decimal string agrees with ``Decimal`` on every value (trailing
+    zeros past the exponent, leading zeros, negative zero, excess decimals, int64 overflow)."""
+    expected = _decimal_reference(text, currency)
+    if expected is None or abs(expected) > 2**63 - 1:
+        with pytest.raises(InvalidAmount):
+            to_minor(text, currency, allow_negative=True)
+    else:
+        assert to_minor(text, currency, allow_negative=True) == expected
+        if expected < 0:
+            with pytest.raises(InvalidAmount):
+                to_minor(text, currency)
+
+
+@pytest.mark.parametrize(("text", "currency", "minor"),
+                         [("1.500", "EUR", 150), ("007.10", "EUR", 710), ("-0.00", "EUR", 0), ("5.000", "JPY", 5),
+                          ("0.0010", "KWD", 1)])
+def test_zeros_past_the_exponent_are_exact(text: str, currency: str, minor: int) -> None:
+    assert to_minor(text, currency) == minor
+
+
 @pytest.mark.parametrize("text", ["1E+1", "1e1", "0.1e2", "1E+999999", "1" * 41, "0." + "0" * 40 + "1", "NaN",
                                   "Infinity", "-Infinity", "sNaN"])
 def test_decimals_that_are_not_plain_positional_are_refused(text: str) -> None:
