@@ -169,6 +169,7 @@ class BatchApplier:
         return whole
 
     async def _apply_once(self, cmds: Sequence[Command], presume: bool = True) -> BatchOutcome:
+        self._presumed = False  # until ``_state`` says otherwise: an earlier failure is never taken for a miss
         now_ms = int(time.time() * 1000)
         seq, prev_hash = await self._chain_head()
         batch_seq = seq + 1
