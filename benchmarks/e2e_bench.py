@@ -24,11 +24,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
 import orjson
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.sim.native import NativeClient
 from gateway.embedded import free_port
@@ -110,20 +112,20 @@ _COUNTERS = {"gateway_ledger_batches_published_total": "messages", "ledger_write
              "ledger_writer_applied_total": "commands"}
 
 
-def batching(urls: list[str]) -> dict[str, float]:
+def batching(urls: Sequence[str]) -> dict[str, float]:
     """The ledger counters that tell how well commands are batched, summed over shards."""
     out = dict.fromkeys(_COUNTERS.values(), 0.0)
     for url in urls:
-        for line in _get(url)[1].splitlines():
-            name, _, value = line.partition("{")[0].partition(" ")[0], None, line.rsplit(" ", 1)[-1]
-            if name in _COUNTERS:
-                out[_COUNTERS[name]] += float(value)
+        for family in text_string_to_metric_families(_get(url)[1]):
+            for sample in family.samples:
+                if sample.name in _COUNTERS:
+                    out[_COUNTERS[sample.name]] += sample.value
     return out
 
 
 def measured(target: Target, extra: dict[str, int], base: str,
              rounds: list[list[tuple[str, bytes, dict[str, str]]]], seconds: float,
-             counters: list[str] = []) -> Run:  # noqa: B006 - never mutated
+             counters: Sequence[str] = ()) -> Run:
     """One driven run with the CPU of every process (the generator's own, without its children), and
     the batching counters (commands per JetStream message and per PostgreSQL transaction) if given."""
     me = psutil.Process()

@@ -28,7 +28,7 @@ from core.settings import Settings
 from gateway import embedded
 from ledger import transport
 from ledger.migrate import migrate_all
-from ledger.sharding import connect
+from ledger.sharding import connect_writer
 from ledger.writer import BatchApplier, ShardWriter
 
 PLAYERS = 2000
@@ -64,7 +64,7 @@ async def bench_batched(settings: Settings, dsn: str, n: int, per_msg: int) -> f
     js = nc.jetstream()
     await transport.ensure_streams(js, settings)
     await js.add_consumer(transport.stream_name(settings, settings.stream_name), transport.consumer_config(settings, 0))
-    conn = await connect(dsn, 0)
+    conn = await connect_writer(dsn, 0)
     await fund(BatchApplier(conn, 0, settings))
     await conn.close()
     reply = f"bench.results.{uuid.uuid4().hex[:6]}"
@@ -104,7 +104,7 @@ async def bench_batched(settings: Settings, dsn: str, n: int, per_msg: int) -> f
 
 
 async def bench_naive(settings: Settings, dsn: str, n: int) -> float:
-    conn = await connect(dsn, 0)
+    conn = await connect_writer(dsn, 0)
     # the writer this issue started from: every settlement loads its state, no hot state kept
     applier = BatchApplier(conn, 0, settings.replace(writer_cache_keys=0))
     await fund(applier)

@@ -31,17 +31,22 @@ def parse_shard_range(spec: str, total: int) -> list[int]:
     return sorted(out)
 
 
-#: for a shard writer's connection: every statement it runs touches a batch's keys, so a plan that scans
+#: a shard writer's connection settings: every statement it runs touches a batch's keys, so a plan that scans
 #: a whole table (a hash join of the batch's ``unnest`` against ``transactions``, say) costs O(table) per
 #: batch and grows with the ledger; without these the planner picks one whenever its row estimates say so.
 #: With scans ruled out a custom plan buys nothing, and planning the load and the write afresh for every
 #: batch cost about as much CPU as running the load: each prepared statement is planned once.
-KEY_LOOKUPS_ONLY = {"enable_seqscan": "off", "enable_hashjoin": "off", "enable_mergejoin": "off",
-                    "plan_cache_mode": "force_generic_plan"}
+_KEY_LOOKUPS_ONLY = {"enable_seqscan": "off", "enable_hashjoin": "off", "enable_mergejoin": "off",
+                     "plan_cache_mode": "force_generic_plan"}
 
 
-async def connect(dsn: str, shard: int, settings: dict[str, str] | None = None, **kw: Any) -> asyncpg.Connection:
-    return await asyncpg.connect(dsn, server_settings={"search_path": schema_for(shard), **(settings or {})}, **kw)
+async def connect(dsn: str, shard: int, **kw: Any) -> asyncpg.Connection:
+    return await asyncpg.connect(dsn, server_settings={"search_path": schema_for(shard)}, **kw)
+
+
+async def connect_writer(dsn: str, shard: int) -> asyncpg.Connection:
+    """The connection a shard's batches are applied on (the writer's, and any tool or test applying them)."""
+    return await asyncpg.connect(dsn, server_settings={"search_path": schema_for(shard), **_KEY_LOOKUPS_ONLY})
 
 
 async def create_pool(dsn: str, shard: int, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:

@@ -33,7 +33,6 @@ from ledger.rules import (
     Round,
     RoundKey,
     TxKey,
-    window_starts,
 )
 
 _LOAD = "SELECT gw_load_batch($1::jsonb, $2, $3, $4)"
@@ -112,13 +111,18 @@ def presumable(cmds: Sequence[Command], missing: BatchKeys) -> bool:
     or rollback refers to, and the round of anything but a bet are always loaded."""
     if missing.acc or missing.rg:
         return False
-    own_bets = {(c.brand_id, c.provider_id, c.tx_id) for c in cmds if c.kind is Kind.BET}
-    own_rounds = {(c.brand_id, c.provider_id, c.round_id, c.player_id) for c in cmds if c.kind is Kind.BET}
+    own_bets: set[TxKey] = set()
+    own_rounds: set[RoundKey] = set()
+    for c in cmds:
+        if c.kind is Kind.BET:
+            own_bets.add((c.brand_id, c.provider_id, c.tx_id))
+            own_rounds.add((c.brand_id, c.provider_id, c.round_id, c.player_id))
     return missing.bet <= own_bets and missing.rnd <= own_rounds
 
 
-def presume_absent(st: BatchState, keys: BatchKeys) -> None:
-    """Record ``keys`` as looked up and not there, as a load finding nothing would."""
+def mark_absent(st: BatchState, keys: BatchKeys) -> None:
+    """Record the bet and round ``keys`` not already held as looked up and not there (what a load then
+    finds overwrites that; a presumption is proven by the write)."""
     for k in keys.bet:
         st.bets.setdefault(k, None)
     for rk in keys.rnd:
@@ -142,14 +146,11 @@ async def load_into(conn: asyncpg.Connection, st: BatchState, keys: BatchKeys, s
         st.accounts.setdefault((kind, brand, player, cur), Account(a_id, bal, kind == "player"))
     for brand, prov, tx, ltx, status, rhash, player, cur, cmd_id in data["txs"] or ():
         st.txs.setdefault((brand, prov, tx), PriorTx(ltx, Status(status), rhash, player, cur, cmd_id))
-    for k in keys.bet:
-        st.bets.setdefault(k, None)
+    mark_absent(st, keys)
     for brand, prov, tx, rnd, player, cur, amount, free, state, ltx in data["bets"] or ():
         if st.bets.get((brand, prov, tx)) is None:
             st.bets[(brand, prov, tx)] = Bet(rnd, player, cur, amount, free, state, ltx)
     st.tombstones.update((b, p, x) for b, p, x in data["tombstones"] or ())
-    for rk in keys.rnd:
-        st.rounds.setdefault(rk, None)
     for brand, prov, rid, player, cur, count, open_, live, bet_total, win_total, closed in data["rounds"] or ():
         if st.rounds.get((brand, prov, rid, player)) is None:
             st.rounds[(brand, prov, rid, player)] = Round(player, cur, count, open_, live, bet_total, win_total,
@@ -165,14 +166,6 @@ async def load_into(conn: asyncpg.Connection, st: BatchState, keys: BatchKeys, s
 async def draw_ids(conn: asyncpg.Connection, shard: int, n_ids: int) -> list[int]:
     """Ledger transaction numbers alone (a warm cache needs nothing else): the same sequence as the load."""
     return list(await conn.fetchval(_IDS, n_ids, shard))
-
-
-async def load_state(conn: asyncpg.Connection, cmds: Sequence[Command], today: dt.date, shard: int,
-                     n_ids: int) -> tuple[BatchState, list[int]]:
-    """Everything the batch can touch, and ``n_ids`` ledger transaction numbers (no cache)."""
-    st = BatchState()
-    ids = await load_into(conn, st, batch_keys(cmds), min(window_starts(today).values()), shard, n_ids)
-    return st, ids
 
 
 def _outbox_rows(events: list[tuple[str, str, bytes]]) -> tuple[list[str], list[str], list[bytes]]:

@@ -51,7 +51,7 @@ from ledger.hotstate import HotState
 from ledger.outbox import OutboxRelay
 from ledger.puller import Puller
 from ledger.rules import BatchState, Engine, utc_day, window_starts
-from ledger.sharding import KEY_LOOKUPS_ONLY, connect
+from ledger.sharding import connect_writer
 from ledger.tasks import Supervisor
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class BatchApplier:
         n_ids = max(short, self.settings.batch_max_commands) if short > 0 and hot.limit > 0 else max(short, 0)
         self._presumed = presumed = bool(missing) and presume and hot.limit > 0 and store.presumable(cmds, missing)
         if presumed:
-            store.presume_absent(hot.state, missing)
+            store.mark_absent(hot.state, missing)
             hot.loaded(missing)
             if n_ids:
                 hot.ids.extend(await store.draw_ids(self.conn, self.shard, n_ids))
@@ -315,7 +315,7 @@ class ShardWriter:
             pass
 
     async def _run_once(self) -> None:
-        conn = await connect(self.dsn, self.shard, KEY_LOOKUPS_ONLY)
+        conn = await connect_writer(self.dsn, self.shard)
         try:
             key = writer_lock_key(self.settings, self.shard)
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):

@@ -12,7 +12,7 @@ from core.commands import Kind, Status
 from core.settings import Settings
 from ledger import store
 from ledger.reconcile import reconcile
-from ledger.sharding import connect
+from ledger.sharding import connect, connect_writer
 from ledger.writer import _CONNECTION_ERRORS, BatchApplier
 from tests.test_ledger import applier_on, command, own_db  # noqa: F401  (fixture)
 
@@ -112,7 +112,7 @@ async def test_writer_statements_plan_key_lookups_only(own_db: Settings) -> None
 
 async def test_a_failed_batch_drops_the_cache_and_the_next_reads_fresh_state(own_db: Settings) -> None:  # noqa: F811
     dsn = own_db.shard_dsns()[0]
-    a, b = await connect(dsn, 0), await connect(dsn, 0)
+    a, b = await connect_writer(dsn, 0), await connect(dsn, 0)
     try:
         first = BatchApplier(a, 0, own_db)
         await first.apply([command(Kind.DEPOSIT, "eve", "d1", 100, provider_id="operator")])
@@ -139,7 +139,7 @@ async def test_a_failed_batch_drops_the_cache_and_the_next_reads_fresh_state(own
 async def test_a_lost_connection_drops_the_cache_and_a_new_writer_reads_fresh_state(
         own_db: Settings) -> None:  # noqa: F811
     dsn = own_db.shard_dsns()[0]
-    a = await connect(dsn, 0)
+    a = await connect_writer(dsn, 0)
     admin = await connect(dsn, 0)
     try:
         first = BatchApplier(a, 0, own_db)

@@ -25,7 +25,7 @@ from gateway import embedded
 from gateway.ledger_client import LedgerClient
 from ledger.migrate import migrate_all
 from ledger.reconcile import reconcile
-from ledger.sharding import KEY_LOOKUPS_ONLY, connect
+from ledger.sharding import connect, connect_writer
 from ledger.writer import BatchApplier
 from tests.support import Api, until_result
 
@@ -42,7 +42,7 @@ def command(kind: Kind, player: str, tx: str, amount: int = 0, **kw: Any) -> Com
 @contextlib.asynccontextmanager
 async def applier_on(s: Settings, shard: int) -> AsyncIterator[BatchApplier]:
     """A batch applier on its own connection to one shard (the writer's core, without JetStream)."""
-    conn = await connect(s.shard_dsns()[shard], shard, KEY_LOOKUPS_ONLY)
+    conn = await connect_writer(s.shard_dsns()[shard], shard)
     try:
         yield BatchApplier(conn, shard, s)
     finally:
