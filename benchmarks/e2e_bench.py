@@ -28,13 +28,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
+import asyncpg
+import nats
 import orjson
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.sim.native import NativeClient
+from benchmarks.floor import STREAM as FLOOR_STREAM
 from gateway.embedded import free_port
-from loadtests.run import CpuMeter, Target, _get, server_pids
+from loadtests.run import _SERVER_LINE, CpuMeter, Target, _get, server_pids
 
 Run = tuple[int, int, list[float], dict[str, float]]  # calls/s, errors, sorted latencies, CPU µs per call
 
@@ -99,6 +102,65 @@ async def setup_players(base: str, key: str, secret: str, n: int, rounds_each: i
     return out  # type: ignore[return-value]
 
 
+def wait_answering(base: str, rounds: list[list[tuple[str, bytes, dict[str, str]]]], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            asyncio.run(drive(base, [rounds[0][:2]], 1))
+            return
+        except aiohttp.ClientError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+async def floor_messages(nats_url: str) -> int:
+    nc = await nats.connect(nats_url)
+    try:
+        return (await nc.jetstream().stream_info(FLOOR_STREAM)).state.last_seq
+    finally:
+        await nc.close()
+
+
+def floor_runs(up_log: str, levels: Sequence[int], rounds: list[list[tuple[str, bytes, dict[str, str]]]],
+               seconds: float) -> dict[int, Run]:
+    """``benchmarks.floor`` on the NATS and PostgreSQL that ``gateway up`` started (its own stream and
+    database), with the same load: the design's bare path, accounted like the gateway."""
+    urls = {m[1]: m[2] for m in _SERVER_LINE.finditer(up_log)}
+    pids = server_pids(up_log)
+
+    async def create_db() -> str:
+        conn = await asyncpg.connect(urls["postgres"])
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'floor'"):
+                await conn.execute("CREATE DATABASE floor")
+        finally:
+            await conn.close()
+        return urls["postgres"].rsplit("/", 1)[0] + "/floor"
+
+    dsn = asyncio.run(create_db())
+    port = free_port()
+    floor = [sys.executable, "-m", "benchmarks.floor"]
+    procs = {"floor edge": subprocess.Popen([*floor, "edge", str(port), urls["nats"]]),
+             "floor writer": subprocess.Popen([*floor, "writer", urls["nats"], dsn])}
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_answering(base, rounds)
+        asyncio.run(drive(base, [r[:50] for r in rounds], 2))  # warm-up
+        extra = {**{name: p.pid for name, p in procs.items()}, "NATS": pids["nats"], "PostgreSQL": pids["postgres"]}
+        runs = {}
+        for level in levels:
+            before = asyncio.run(floor_messages(urls["nats"]))
+            runs[level] = measured(Target("", "", ""), extra, base, [r[50:] for r in rounds[:level]], seconds)
+            moved = asyncio.run(floor_messages(urls["nats"])) - before
+            print(f"  floor batching: {len(runs[level][2]) / max(moved, 1):.1f} commands per JetStream message")
+        return runs
+    finally:
+        for p in procs.values():
+            p.terminate()
+            p.wait(20)
+
+
 def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> str:
     deadline = time.monotonic() + timeout
     while text not in log.read_text():
@@ -144,7 +206,8 @@ def measured(target: Target, extra: dict[str, int], base: str,
     return rate, errors, lat, {k: v * 1e6 / calls for k, v in cpu.items()}
 
 
-_ORDER = ["gateway", "writer", "relay", "NATS", "PostgreSQL", "Redis", "trivial handler", "load generator"]
+_ORDER = ["gateway", "writer", "relay", "floor edge", "floor writer", "NATS", "PostgreSQL", "Redis", "trivial handler",
+          "load generator"]
 
 
 def cpu_table(runs: dict[str, Run]) -> None:
@@ -197,10 +260,11 @@ def main() -> None:
                 used = 50
                 gw: dict[int, Run] = {}
                 for level in levels:
-                    share = (rounds_each * 2 - used) // len(levels)
+                    share = (rounds_each * 2 - used) // len(levels) // 2 * 2  # whole rounds: bet, then win
                     gw[level] = measured(target, {}, base, [r[used:used + share] for r in rounds[:level]],
                                          args.seconds, [f"{base}/metrics", f"http://127.0.0.1:{writer_port}/metrics"])
                     used += share
+                floor = floor_runs(text, levels, rounds, args.seconds)
             finally:
                 up.send_signal(signal.SIGINT)
                 up.wait(60)
@@ -208,15 +272,7 @@ def main() -> None:
         trivial = subprocess.Popen([sys.executable, "-m", "benchmarks.trivial_server", str(tport)])
         try:
             tbase = f"http://127.0.0.1:{tport}"
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    asyncio.run(drive(tbase, [rounds[0][:2]], 1))
-                    break
-                except aiohttp.ClientError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
+            wait_answering(tbase, rounds)
             asyncio.run(drive(tbase, [r[:50] for r in rounds], 2))  # warm-up
             none = Target("", "", "")
             base_run = {level: measured(none, {"trivial handler": trivial.pid}, tbase,
@@ -228,15 +284,20 @@ def main() -> None:
           f"gateway workers {args.workers}")
     for level in levels:
         report(f"gateway, {level} players", *gw[level])
+        report(f"floor, {level} players", *floor[level])
         report(f"trivial handler, {level} players", *base_run[level])
         print(f"  {'ratio gateway / trivial':<34} {gw[level][0] / base_run[level][0]:8.1%}")
+        print(f"  {'ratio floor / trivial':<34} {floor[level][0] / base_run[level][0]:8.1%}")
     cpu_table({**{f"gateway {level}p": gw[level] for level in levels},
+               **{f"floor {level}p": floor[level] for level in levels},
                **{f"trivial {level}p": base_run[level] for level in levels}})
     print(orjson.dumps({str(level): {
         "gateway_rps": gw[level][0], "trivial_rps": base_run[level][0],
         "gateway_p95_ms": round(percentile(gw[level][2], 95) * 1000, 2),
         "trivial_p95_ms": round(percentile(base_run[level][2], 95) * 1000, 2),
+        "floor_rps": floor[level][0], "floor_p95_ms": round(percentile(floor[level][2], 95) * 1000, 2),
         "gateway_cpu_us_per_call": {k: round(v, 1) for k, v in gw[level][3].items()},
+        "floor_cpu_us_per_call": {k: round(v, 1) for k, v in floor[level][3].items()},
         "trivial_cpu_us_per_call": {k: round(v, 1) for k, v in base_run[level][3].items()}}
         for level in levels}).decode())
 
