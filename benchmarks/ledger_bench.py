@@ -5,6 +5,10 @@ writer's commands are already in JetStream; the clock runs from starting the wri
 result published to the reply subject (committed AND answered). The naive writer applies the same
 kind of settlement, one per transaction, through the same rules engine.
 
+Beside each rate, the CPU each process spent per settlement over the timed part (this process is the
+writer; PostgreSQL with its backends; NATS and the relay for the batched run): what a settlement costs,
+and which part bounds the ratio.
+
     python -m benchmarks.ledger_bench [--commands 20000] [--naive 1500]
 """
 
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import nats
 import orjson
+import psutil
 
 from core.commands import Command, Kind
 from core.settings import Settings
@@ -30,8 +35,28 @@ from ledger import transport
 from ledger.migrate import migrate_all
 from ledger.sharding import connect_writer
 from ledger.writer import BatchApplier, ShardWriter
+from loadtests.run import CpuMeter, Target
 
 PLAYERS = 2000
+
+Rate = tuple[float, dict[str, float]]  # settlements/s, CPU µs per settlement by process
+
+
+class Cpu:
+    """CPU seconds of this process (the writer, without its children) and of the given process trees."""
+
+    def __init__(self, servers: dict[str, int]) -> None:
+        self.meter = CpuMeter(Target("", "", ""), servers)
+        self.me = self._mine()
+
+    @staticmethod
+    def _mine() -> float:
+        t = psutil.Process().cpu_times()
+        return t.user + t.system
+
+    def per(self, n: int) -> dict[str, float]:
+        spent = {"writer": self._mine() - self.me, **self.meter.stop()}
+        return {k: v * 1e6 / n for k, v in spent.items()}
 
 
 def _cmd(kind: Kind, player: str, tx: str, amount: int, **kw: object) -> Command:
@@ -59,7 +84,7 @@ async def fund(applier: BatchApplier) -> None:
         await applier.apply(deposits[i:i + 500])
 
 
-async def bench_batched(settings: Settings, dsn: str, n: int, per_msg: int) -> float:
+async def bench_batched(settings: Settings, dsn: str, n: int, per_msg: int, servers: dict[str, int]) -> Rate:
     nc = await nats.connect(settings.nats_url)
     js = nc.jetstream()
     await transport.ensure_streams(js, settings)
@@ -91,48 +116,59 @@ async def bench_batched(settings: Settings, dsn: str, n: int, per_msg: int) -> f
     relay = subprocess.Popen([sys.executable, "-m", "gateway", "relay", "--shards", "0"], env=env)  # noqa: ASYNC220
     writer = ShardWriter(settings, 0, dsn, nc, relay=False)
     try:
+        cpu = Cpu({**servers, "relay": relay.pid})
         start = time.perf_counter()
         task = asyncio.create_task(writer.run())
         await asyncio.wait_for(done.wait(), 600)
+        spent = cpu.per(n)
         writer.stop()
         await task
     finally:
         relay.terminate()
         relay.wait(30)
     await nc.drain()
-    return n / (last - start)
+    return n / (last - start), spent
 
 
-async def bench_naive(settings: Settings, dsn: str, n: int) -> float:
+async def bench_naive(settings: Settings, dsn: str, n: int, servers: dict[str, int]) -> Rate:
     conn = await connect_writer(dsn, 0)
     # the writer this issue started from: every settlement loads its state, no hot state kept
     applier = BatchApplier(conn, 0, settings.replace(writer_cache_keys=0))
     await fund(applier)
     cmds = settlements(n, "naive")
+    cpu = Cpu({"PostgreSQL": servers["PostgreSQL"]})
     start = time.perf_counter()
     for cmd in cmds:
         await applier.apply([cmd])
     elapsed = time.perf_counter() - start
+    spent = cpu.per(n)
     await conn.close()
-    return n / elapsed
+    return n / elapsed, spent
 
 
 async def main_async(args: argparse.Namespace, stack: embedded.EmbeddedStack) -> None:
-    results = {}
+    results: dict[str, Rate] = {}
+    servers = {{"postgres": "PostgreSQL", "nats": "NATS"}[s.name]: s.pid for s in stack.servers
+               if s.name in ("postgres", "nats")}
     for name in ("batched", "naive"):
         dsn = await embedded.create_database(stack.pg_dsn, f"bench_{name}_{uuid.uuid4().hex[:6]}")
         s = Settings(nats_url=stack.nats_url, pg_dsns=dsn, redis_url="", shards=1, namespace=f"b{uuid.uuid4().hex[:6]}",
                      writer_fetch_msgs=args.fetch, log_level="WARNING")
         await migrate_all(s.shard_dsns())
         if name == "batched":
-            results[name] = await bench_batched(s, dsn, args.commands, args.per_msg)
+            results[name] = await bench_batched(s, dsn, args.commands, args.per_msg, servers)
         else:
-            results[name] = await bench_naive(s, dsn, args.naive)
+            results[name] = await bench_naive(s, dsn, args.naive, servers)
     print(f"\nledger: one shard writer, durable PostgreSQL (fsync on), {args.commands} settlements "
           f"({args.per_msg} per JetStream message)")
-    print(f"  batched writer (group commit)   {results['batched']:>10,.0f} settlements/s")
-    print(f"  naive (1 transaction each)      {results['naive']:>10,.0f} settlements/s  ({args.naive} settlements)")
-    print(f"  ratio                           {results['batched'] / results['naive']:>10.1f}x")
+    print(f"  batched writer (group commit)   {results['batched'][0]:>10,.0f} settlements/s")
+    print(f"  naive (1 transaction each)      {results['naive'][0]:>10,.0f} settlements/s  ({args.naive} settlements)")
+    print(f"  ratio                           {results['batched'][0] / results['naive'][0]:>10.1f}x")
+    print("  CPU µs per settlement (the relay with its start-up)")
+    columns = ("writer", "PostgreSQL", "NATS", "relay")
+    print(" " * 34 + "".join(f"{k:>12}" for k in columns))
+    for name, (_, spent) in results.items():
+        print(f"    {name:<29} " + "".join(f"{spent.get(k, 0.0):>12.1f}" for k in columns))
 
 
 def main() -> None:
