@@ -28,16 +28,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import nats
 import orjson
-import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.sim.native import NativeClient
 from benchmarks.floor import STREAM as FLOOR_STREAM
-from gateway.embedded import free_port
-from loadtests.run import _SERVER_LINE, CpuMeter, Target, _get, server_pids
+from gateway.embedded import create_database, free_port
+from loadtests.run import CpuMeter, Target, _get, server_pids, server_urls
 
 Run = tuple[int, int, list[float], dict[str, float]]  # calls/s, errors, sorted latencies, CPU µs per call
 
@@ -126,19 +124,8 @@ def floor_runs(up_log: str, levels: Sequence[int], rounds: list[list[tuple[str, 
                seconds: float) -> dict[int, Run]:
     """``benchmarks.floor`` on the NATS and PostgreSQL that ``gateway up`` started (its own stream and
     database), with the same load: the design's bare path, accounted like the gateway."""
-    urls = {m[1]: m[2] for m in _SERVER_LINE.finditer(up_log)}
-    pids = server_pids(up_log)
-
-    async def create_db() -> str:
-        conn = await asyncpg.connect(urls["postgres"])
-        try:
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'floor'"):
-                await conn.execute("CREATE DATABASE floor")
-        finally:
-            await conn.close()
-        return urls["postgres"].rsplit("/", 1)[0] + "/floor"
-
-    dsn = asyncio.run(create_db())
+    urls, pids = server_urls(up_log), server_pids(up_log)
+    dsn = asyncio.run(create_database(urls["postgres"], "floor"))
     port = free_port()
     floor = [sys.executable, "-m", "benchmarks.floor"]
     procs = {"floor edge": subprocess.Popen([*floor, "edge", str(port), urls["nats"]]),
@@ -190,14 +177,10 @@ def measured(target: Target, extra: dict[str, int], base: str,
              counters: Sequence[str] = ()) -> Run:
     """One driven run with the CPU of every process (the generator's own, without its children), and
     the batching counters (commands per JetStream message and per PostgreSQL transaction) if given."""
-    me = psutil.Process()
     before = batching(counters)
-    meter = CpuMeter(target, extra)
-    mine = me.cpu_times()
+    meter = CpuMeter(target, extra, own="load generator")
     rate, errors, lat = asyncio.run(drive(base, rounds, seconds))
     cpu = meter.stop()
-    after = me.cpu_times()
-    cpu["load generator"] = after.user + after.system - mine.user - mine.system
     calls = max(len(lat), 1)
     if counters:
         moved = {k: v - before[k] for k, v in batching(counters).items()}

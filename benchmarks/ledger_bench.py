@@ -26,7 +26,6 @@ from pathlib import Path
 
 import nats
 import orjson
-import psutil
 
 from core.commands import Command, Kind
 from core.settings import Settings
@@ -42,21 +41,8 @@ PLAYERS = 2000
 Rate = tuple[float, dict[str, float]]  # settlements/s, CPU µs per settlement by process
 
 
-class Cpu:
-    """CPU seconds of this process (the writer, without its children) and of the given process trees."""
-
-    def __init__(self, servers: dict[str, int]) -> None:
-        self.meter = CpuMeter(Target("", "", ""), servers)
-        self.me = self._mine()
-
-    @staticmethod
-    def _mine() -> float:
-        t = psutil.Process().cpu_times()
-        return t.user + t.system
-
-    def per(self, n: int) -> dict[str, float]:
-        spent = {"writer": self._mine() - self.me, **self.meter.stop()}
-        return {k: v * 1e6 / n for k, v in spent.items()}
+def per_settlement(meter: CpuMeter, n: int) -> dict[str, float]:
+    return {k: v * 1e6 / n for k, v in meter.stop().items()}
 
 
 def _cmd(kind: Kind, player: str, tx: str, amount: int, **kw: object) -> Command:
@@ -116,11 +102,11 @@ async def bench_batched(settings: Settings, dsn: str, n: int, per_msg: int, serv
     relay = subprocess.Popen([sys.executable, "-m", "gateway", "relay", "--shards", "0"], env=env)  # noqa: ASYNC220
     writer = ShardWriter(settings, 0, dsn, nc, relay=False)
     try:
-        cpu = Cpu({**servers, "relay": relay.pid})
+        cpu = CpuMeter(Target("", "", ""), {**servers, "relay": relay.pid}, own="writer")
         start = time.perf_counter()
         task = asyncio.create_task(writer.run())
         await asyncio.wait_for(done.wait(), 600)
-        spent = cpu.per(n)
+        spent = per_settlement(cpu, n)
         writer.stop()
         await task
     finally:
@@ -136,12 +122,12 @@ async def bench_naive(settings: Settings, dsn: str, n: int, servers: dict[str, i
     applier = BatchApplier(conn, 0, settings.replace(writer_cache_keys=0))
     await fund(applier)
     cmds = settlements(n, "naive")
-    cpu = Cpu({"PostgreSQL": servers["PostgreSQL"]})
+    cpu = CpuMeter(Target("", "", ""), {"PostgreSQL": servers["PostgreSQL"]}, own="writer")
     start = time.perf_counter()
     for cmd in cmds:
         await applier.apply([cmd])
     elapsed = time.perf_counter() - start
-    spent = cpu.per(n)
+    spent = per_settlement(cpu, n)
     await conn.close()
     return n / elapsed, spent
 

@@ -29,6 +29,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -60,14 +61,10 @@ class _Expired(Exception):
     """A command's result did not arrive within the ledger timeout (set on its future by its timer)."""
 
 
-def _expire(fut: asyncio.Future[Result]) -> None:
+def _fail(fut: asyncio.Future[Any], error: type[Exception]) -> None:
+    """A deadline's timer callback: fail ``fut`` with ``error`` unless it has its answer."""
     if not fut.done():
-        fut.set_exception(_Expired())
-
-
-def _ack_timeout(ack: asyncio.Future[None]) -> None:
-    if not ack.done():
-        ack.set_exception(nats.errors.TimeoutError())
+        fut.set_exception(error())
 
 
 @dataclass(slots=True)
@@ -211,7 +208,7 @@ class LedgerClient:
             st.wake.set()
         # one timer handle on the future itself: ``wait_for(shield(...))`` cost two extra futures and
         # callbacks per command; the deadline fails the future (awaited right here, so always retrieved)
-        timer = loop.call_later(self.settings.ledger_timeout_ms / 1000, _expire, fut)
+        timer = loop.call_later(self.settings.ledger_timeout_ms / 1000, _fail, fut, _Expired)
         try:
             return await fut
         except _Expired:
@@ -328,7 +325,8 @@ class LedgerClient:
         for attempt in itertools.count():
             ack: asyncio.Future[None] = loop.create_future()
             self._acks[token] = ack
-            timer = loop.call_later(max(0.05, deadline - time.monotonic()), _ack_timeout, ack)
+            timer = loop.call_later(max(0.05, deadline - time.monotonic()), _fail, ack,
+                                    nats.errors.TimeoutError)
             try:
                 await self.nc.publish(subject, body, reply=reply, headers=headers)
                 await ack

@@ -220,19 +220,17 @@ class BatchApplier:
         # numbers are drawn a block ahead, so a warm batch rarely needs even that round trip
         n_ids = max(short, self.settings.batch_max_commands) if short > 0 and hot.limit > 0 else max(short, 0)
         self._presumed = presumed = bool(missing) and presume and hot.limit > 0 and store.presumable(cmds, missing)
-        if presumed:
-            store.mark_absent(hot.state, missing)
-            hot.loaded(missing)
-            if n_ids:
-                hot.ids.extend(await store.draw_ids(self.conn, self.shard, n_ids))
-            return hot.state, hot.take_ids(len(cmds)), missing
-        if missing:
+        if missing and not presumed:
             hot.ids.extend(await store.load_into(self.conn, hot.state, missing, hot.since or today, self.shard,
                                                  n_ids))
+        else:
+            if presumed:
+                store.mark_absent(hot.state, missing)
+            if n_ids:
+                hot.ids.extend(await store.draw_ids(self.conn, self.shard, n_ids))
+        if missing:
             hot.loaded(missing)
-        elif n_ids:
-            hot.ids.extend(await store.draw_ids(self.conn, self.shard, n_ids))
-        return hot.state, hot.take_ids(len(cmds)), None
+        return hot.state, hot.take_ids(len(cmds)), missing if presumed else None
 
 
 def decode_batch(data: bytes) -> tuple[list[Command], list[Result]]:

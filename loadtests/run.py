@@ -188,18 +188,28 @@ def cpu_seconds(groups: dict[str, list[int]]) -> dict[str, float]:
     return out
 
 
-class CpuMeter:
-    """CPU seconds per process group between ``start()`` and ``stop()`` (children that appear are included)."""
+def _own_cpu_seconds() -> float:
+    t = psutil.Process().cpu_times()  # this process alone: its children are groups of their own
+    return float(t.user + t.system)
 
-    def __init__(self, target: Target, extra: dict[str, int]) -> None:
-        self.target, self.extra = target, extra
+
+class CpuMeter:
+    """CPU seconds per process group between ``start()`` and ``stop()`` (children that appear are included),
+    and this process's own under ``own`` if given (a benchmark's load generator, or the writer it runs)."""
+
+    def __init__(self, target: Target, extra: dict[str, int], own: str = "") -> None:
+        self.target, self.extra, self.own = target, extra, own
         self.groups = process_groups(target, extra)
         self.before = cpu_seconds(self.groups)
+        self.own_before = _own_cpu_seconds()
 
     def stop(self) -> dict[str, float]:
         groups = process_groups(self.target, self.extra)
         after = cpu_seconds(groups)
-        return {name: max(0.0, after[name] - self.before.get(name, 0.0)) for name in after}
+        spent = {name: max(0.0, after[name] - self.before.get(name, 0.0)) for name in after}
+        if self.own:
+            spent[self.own] = _own_cpu_seconds() - self.own_before
+        return spent
 
 
 # --- /metrics sampling ----------------------------------------------------------------------------------
